@@ -169,13 +169,20 @@ def acquire_signal_handlers(enable_signal_handling: Optional[bool] = None) -> Si
     enabled = resolve_signal_handling(enable_signal_handling)
     if enabled is False:
         return SignalHandlerLease(holds_handlers=False)
+    if enabled is None:
+        owner = _framework_owning_signals()
+        if owner is not None:
+            _inform_once(owner)
+            return SignalHandlerLease(holds_handlers=False)
+    thread = threading.current_thread()
+    if thread is not threading.main_thread():
+        # Python only lets the main thread change signal handlers, so only engines created there hold them: their
+        # release can restore the handlers, whatever other threads do meanwhile.
+        _warn_once(f'signal handlers can only be installed from the main thread, and this Trainer/Engine was created '
+                   f'on thread {thread.name!r}')
+        return SignalHandlerLease(holds_handlers=False)
     with _lock:
         if not _installed:
-            if enabled is None:
-                owner = _framework_owning_signals()
-                if owner is not None:
-                    _inform_once(owner)
-                    return SignalHandlerLease(holds_handlers=False)
             error = _install_locked()
             if error is not None:
                 _warn_once(error)
@@ -244,11 +251,17 @@ def _restore_at_exit() -> None:
 
 
 def _framework_owning_signals() -> Optional[str]:
-    """Name the framework that owns this process's signals, if any.
+    """Say why a framework owns this process's signals right now, if one does.
 
-    A Ray worker process uses SIGINT to cancel tasks (``ray.cancel``) and SIGTERM to shut down. Only checked when Ray
-    is already imported; never imports it.
+    * :func:`signal.signal` itself is replaced: a framework intercepts handler changes, e.g. Ray's ``DeferSigint``
+      (Ray 2.9 raises, later versions install the handler when the context exits, replacing Ray's own).
+    * A Ray worker process uses SIGINT to cancel tasks (``ray.cancel``) and SIGTERM to shut down. Only checked when
+      Ray is already imported; this never imports it.
     """
+    if getattr(signal.signal, '__module__', 'signal') != 'signal':
+        patch = signal.signal
+        name = f'{getattr(patch, "__module__", "?")}.{getattr(patch, "__qualname__", type(patch).__name__)}'
+        return f'signal.signal is replaced by {name} (for example by Ray\'s DeferSigint), so a framework manages signals'
     if 'ray' not in sys.modules:
         return None
     try:
@@ -266,13 +279,12 @@ def _warn_once(reason: str) -> None:
         return
     _warned = True
     log.warning(
-        'Composer could not install its SIGTERM/SIGINT handlers (%s; thread %r). Training continues, but if this '
-        'process receives SIGTERM, the engine will not close cleanly: checkpoints and loggers may not be flushed. '
-        'To fix this, create the Trainer on the main thread, or call trainer.close() in a `finally` block. To opt out '
-        'and silence this warning, pass enable_signal_handling=False to the Trainer or set '
+        'Composer could not install its SIGTERM/SIGINT handlers: %s. Training continues, but if this process receives '
+        'SIGTERM, the engine will not close cleanly: checkpoints and loggers may not be flushed. To fix this, create '
+        'the Trainer on the main thread; otherwise call trainer.close() in a `finally` block and handle SIGTERM '
+        'yourself. To opt out and silence this warning, pass enable_signal_handling=False to the Trainer or set '
         '%s=0. This warning is logged once per process.',
         reason,
-        threading.current_thread().name,
         SIGNAL_HANDLING_ENV_VAR,
     )
 

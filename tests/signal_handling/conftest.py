@@ -1,0 +1,150 @@
+# Copyright 2022 MosaicML Composer authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Fixtures for the signal-handling regression tests.
+
+Every test runs its scenario in a fresh Python subprocess with a timeout: signal dispositions are process-wide, so
+they must not leak into (or from) the test runner, and nothing may hang.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+
+#: Prepended to every scenario: a tiny CPU trainer factory and a helper to print results for the test to parse.
+PRELUDE = textwrap.dedent(
+    """
+    import json
+    import logging
+    import os
+    import signal
+    import sys
+    import threading
+
+    def make_trainer(**kwargs):
+        import torch
+        from torch.utils.data import DataLoader, TensorDataset
+
+        from composer import Trainer
+        from composer.models import ComposerClassifier
+
+        torch.manual_seed(0)
+        model = ComposerClassifier(torch.nn.Linear(4, 2), num_classes=2)
+        dataset = TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
+        kwargs.setdefault('max_duration', '1ep')
+        return Trainer(
+            model=model,
+            train_dataloader=DataLoader(dataset, batch_size=4),
+            optimizers=torch.optim.SGD(model.parameters(), lr=0.01),
+            device='cpu',
+            progress_bar=False,
+            **kwargs,
+        )
+
+    def handlers():
+        return signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+
+    def report(**values):
+        print('RESULT ' + json.dumps(values), flush=True)
+    """,
+)
+
+
+class Scenario:
+    """The outcome of a scenario subprocess."""
+
+    def __init__(self, proc: subprocess.CompletedProcess):
+        self.returncode = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+
+    @property
+    def results(self) -> dict:
+        import json
+        values: dict = {}
+        for line in self.stdout.splitlines():
+            if line.startswith('RESULT '):
+                values.update(json.loads(line[len('RESULT '):]))
+        return values
+
+    def warnings_mentioning(self, text: str) -> list[str]:
+        return [line for line in self.stderr.splitlines() if 'WARNING' in line and text in line]
+
+    def __repr__(self) -> str:
+        return f'returncode={self.returncode}\n--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}'
+
+
+def _env(extra: Optional[dict[str, str]]) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop('COMPOSER_SIGNAL_HANDLING', None)
+    env.setdefault('PYTHONUNBUFFERED', '1')
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture
+def run_scenario(tmp_path) -> Callable[..., Scenario]:
+    """Run ``code`` (after :data:`PRELUDE`) in a fresh interpreter; fail the test if it exceeds ``timeout`` s."""
+
+    def run(code: str, env: Optional[dict[str, str]] = None, timeout: float = 180) -> Scenario:
+        script = tmp_path / 'scenario.py'
+        script.write_text(PRELUDE + textwrap.dedent(code))
+        try:
+            proc = subprocess.run(
+                [sys.executable, str(script)],
+                env=_env(env),
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as e:
+            pytest.fail(f'scenario timed out after {timeout} s\nstdout: {e.stdout}\nstderr: {e.stderr}')
+        return Scenario(proc)
+
+    return run
+
+
+@pytest.fixture
+def write_scenario(tmp_path) -> Callable[[str], Path]:
+    """Write ``code`` (after :data:`PRELUDE`) to a script in ``tmp_path`` and return its path."""
+    counter = [0]
+
+    def write(code: str) -> Path:
+        counter[0] += 1
+        script = tmp_path / f'script_{counter[0]}.py'
+        script.write_text(PRELUDE + textwrap.dedent(code))
+        return script
+
+    return write
+
+
+@pytest.fixture
+def start_scenario(tmp_path):
+    """Start ``code`` (after :data:`PRELUDE`) as a subprocess for tests that signal it; killed at teardown."""
+    procs: list[subprocess.Popen] = []
+
+    def start(code: str, env: Optional[dict[str, str]] = None, args: Optional[list[str]] = None) -> subprocess.Popen:
+        script = tmp_path / f'scenario_{len(procs)}.py'
+        script.write_text(PRELUDE + textwrap.dedent(code))
+        proc = subprocess.Popen(
+            args or [sys.executable, str(script)],
+            env=_env(env),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
