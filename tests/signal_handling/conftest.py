@@ -37,9 +37,13 @@ PRELUDE = textwrap.dedent(
         model = ComposerClassifier(torch.nn.Linear(4, 2), num_classes=2)
         dataset = TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
         kwargs.setdefault('max_duration', '1ep')
+        sampler = None
+        if int(os.environ.get('WORLD_SIZE', '1')) > 1:  # under the `composer` launcher
+            from composer.utils import dist
+            sampler = dist.get_sampler(dataset)
         return Trainer(
             model=model,
-            train_dataloader=DataLoader(dataset, batch_size=4),
+            train_dataloader=DataLoader(dataset, batch_size=4, sampler=sampler),
             optimizers=torch.optim.SGD(model.parameters(), lr=0.01),
             device='cpu',
             progress_bar=False,
