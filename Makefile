@@ -49,7 +49,7 @@ lint: test-deps
 	$(VPY) -m ruff check $(LINT_PATHS)
 	$(VPY) -m yapf --diff --recursive $(LINT_PATHS)
 	$(VPY) -m isort --check-only --diff $(LINT_PATHS)
-	$(VPY) -m hadolint docker/Dockerfile
+	$(VENV)/bin/hadolint docker/Dockerfile
 
 wheel: $(VPY)
 	$(VPY) -m pip wheel --disable-pip-version-check --no-deps -w dist .

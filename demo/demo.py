@@ -1,0 +1,192 @@
+"""Show the fork's signal handling working, case by case, in the installed fork (``make demo``).
+
+Each case runs in a fresh interpreter (signal dispositions are process-wide) and prints what happened. The demo exits
+non-zero if any case does not behave as the fork promises.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+PRELUDE = textwrap.dedent(
+    """
+    import logging
+    import os
+    import signal
+    import sys
+    import threading
+
+    logging.basicConfig(format='    [log] %(levelname)s %(name)s: %(message)s', level=logging.WARNING)
+    logging.getLogger('composer.utils.signal_handling').setLevel(logging.INFO)
+
+    def make_trainer(**kwargs):
+        import torch
+        from torch.utils.data import DataLoader, TensorDataset
+
+        from composer import Trainer
+        from composer.models import ComposerClassifier
+
+        model = ComposerClassifier(torch.nn.Linear(4, 2), num_classes=2)
+        dataset = TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
+        kwargs.setdefault('max_duration', '1ep')
+        return Trainer(model=model, train_dataloader=DataLoader(dataset, batch_size=4),
+                       optimizers=torch.optim.SGD(model.parameters(), lr=0.01), device='cpu', progress_bar=False,
+                       **kwargs)
+
+    def handlers():
+        return signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+
+    def same(a, b):
+        return all(x is y for x, y in zip(a, b))
+    """,
+)
+
+CASES = {
+    'import composer in a worker thread': """
+        before = handlers()
+        errors = []
+
+        def worker():
+            try:
+                import composer
+            except BaseException as e:
+                errors.append(repr(e))
+
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        print('    exceptions:', errors or 'none', '| SIGTERM/SIGINT handlers unchanged:', same(handlers(), before))
+        assert not errors and same(handlers(), before)
+    """,
+    'a Trainer in a worker thread': """
+        before = handlers()
+        result = {}
+
+        def worker():
+            trainer = make_trainer()
+            trainer.fit()
+            result['batches'] = int(trainer.state.timestamp.batch)
+            trainer.close()
+
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        print('    trained', result.get('batches'), 'batches; handlers unchanged:', same(handlers(), before),
+              '(one warning above says why and what to do)')
+        assert result.get('batches') == 8 and same(handlers(), before)
+    """,
+    'Ray 2.9 DeferSigint stand-in (setting a SIGINT handler raises)': """
+        original_signal = signal.signal
+
+        def refusing(signum, handler):
+            if signum == signal.SIGINT:
+                raise ValueError("Can't set signal handler for SIGINT while SIGINT is being deferred")
+            return original_signal(signum, handler)
+
+        before = handlers()
+        signal.signal = refusing
+        try:
+            import composer
+            trainer = make_trainer()
+            trainer.fit()
+            trainer.close()
+        finally:
+            signal.signal = original_signal
+        print('    import + Trainer + fit inside the context: OK; handlers unchanged:', same(handlers(), before))
+        assert same(handlers(), before)
+    """,
+    'the opt-out: Trainer(enable_signal_handling=False)': """
+        calls = []
+        original_signal = signal.signal
+        signal.signal = lambda s, h: calls.append(s) or original_signal(s, h)
+        trainer = make_trainer(enable_signal_handling=False)
+        trainer.fit()
+        trainer.close()
+        print('    signal.signal calls by Composer:', len(calls))
+        assert calls == []
+    """,
+    'handlers live exactly as long as the Trainer': """
+        before = handlers()
+        trainer = make_trainer()
+        during = handlers()
+        trainer.fit()
+        trainer.close()
+        print('    while open:', during[0])
+        print('    after close(), the original handlers are back:', same(handlers(), before))
+        assert not same(during, before) and same(handlers(), before)
+    """,
+}
+
+SIGTERM_SCRIPT = """
+import time
+from composer import Callback
+
+class Announce(Callback):
+    def batch_end(self, state, logger):
+        if int(state.timestamp.batch) == 2:
+            print('TRAINING', flush=True)
+        time.sleep(0.05)
+
+    def close(self, state, logger):
+        print('    [child] callback close() ran', flush=True)
+
+    def post_close(self):
+        print('    [child] callback post_close() ran', flush=True)
+
+trainer = make_trainer(callbacks=[Announce()], max_duration='100000ba', **KWARGS)
+trainer.fit()
+"""
+
+
+def run_case(title: str, code: str) -> bool:
+    print(f'\n== {title}')
+    proc = subprocess.run([sys.executable, '-c', PRELUDE + textwrap.dedent(code)], text=True, timeout=300,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    for line in proc.stdout.splitlines():
+        if line.startswith('    ') or 'Traceback' in line or 'Error' in line:
+            print(line)
+    print('   ', 'OK' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})')
+    return proc.returncode == 0
+
+
+def run_sigterm(title: str, kwargs: str, expected_returncode: int) -> bool:
+    print(f'\n== {title}')
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / 'train.py'
+        script.write_text(PRELUDE + f'KWARGS = {kwargs}\n' + SIGTERM_SCRIPT)
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith('TRAINING'):
+                break
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=120)
+        elapsed = time.monotonic() - sent
+    print(rest.rstrip() or '    [child] (nothing: the process was killed by the signal)')
+    print(f'    SIGTERM sent mid-fit; exit code {proc.returncode} after {elapsed:.2f} s')
+    ok = proc.returncode == expected_returncode
+    print('   ', 'OK' if ok else f'FAILED (expected {expected_returncode})')
+    return ok
+
+
+def main() -> int:
+    import composer
+    print(f'Composer {composer.__version__} from {os.path.dirname(composer.__file__)}')
+    results = [run_case(title, code) for title, code in CASES.items()]
+    results.append(run_sigterm('SIGTERM during fit(): graceful exit (code 143) after the engine closed', '{}', 143))
+    results.append(
+        run_sigterm('SIGTERM during fit() with enable_signal_handling=False: the OS default', "{'enable_signal_handling': False}",
+                    -signal.SIGTERM))
+    print(f'\n{sum(results)} of {len(results)} cases behaved as expected.')
+    return 0 if all(results) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
