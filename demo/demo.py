@@ -47,7 +47,8 @@ PRELUDE = textwrap.dedent(
 )
 
 CASES = {
-    'import composer in a worker thread': """
+    'import composer in a worker thread':
+        """
         before = handlers()
         errors = []
 
@@ -63,7 +64,8 @@ CASES = {
         print('    exceptions:', errors or 'none', '| SIGTERM/SIGINT handlers unchanged:', same(handlers(), before))
         assert not errors and same(handlers(), before)
     """,
-    'a Trainer in a worker thread': """
+    'a Trainer in a worker thread':
+        """
         before = handlers()
         result = {}
 
@@ -80,7 +82,8 @@ CASES = {
               '(one warning above says why and what to do)')
         assert result.get('batches') == 8 and same(handlers(), before)
     """,
-    'Ray 2.9 DeferSigint stand-in (setting a SIGINT handler raises)': """
+    'Ray 2.9 DeferSigint stand-in (setting a SIGINT handler raises)':
+        """
         original_signal = signal.signal
 
         def refusing(signum, handler):
@@ -100,7 +103,8 @@ CASES = {
         print('    import + Trainer + fit inside the context: OK; handlers unchanged:', same(handlers(), before))
         assert same(handlers(), before)
     """,
-    'the opt-out: Trainer(enable_signal_handling=False)': """
+    'the opt-out: Trainer(enable_signal_handling=False)':
+        """
         calls = []
         original_signal = signal.signal
         signal.signal = lambda s, h: calls.append(s) or original_signal(s, h)
@@ -110,7 +114,8 @@ CASES = {
         print('    signal.signal calls by Composer:', len(calls))
         assert calls == []
     """,
-    'handlers live exactly as long as the Trainer': """
+    'handlers live exactly as long as the Trainer':
+        """
         before = handlers()
         trainer = make_trainer()
         during = handlers()
@@ -145,8 +150,11 @@ trainer.fit()
 
 def run_case(title: str, code: str) -> bool:
     print(f'\n== {title}')
-    proc = subprocess.run([sys.executable, '-c', PRELUDE + textwrap.dedent(code)], text=True, timeout=300,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.run([sys.executable, '-c', PRELUDE + textwrap.dedent(code)],
+                          text=True,
+                          timeout=300,
+                          stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT)
     for line in proc.stdout.splitlines():
         if line.startswith('    ') or 'Traceback' in line or 'Error' in line:
             print(line)
@@ -159,7 +167,9 @@ def run_sigterm(title: str, kwargs: str, expected_returncode: int) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / 'train.py'
         script.write_text(PRELUDE + f'KWARGS = {kwargs}\n' + SIGTERM_SCRIPT)
-        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, str(script)],
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL,
                                 text=True)
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -182,8 +192,12 @@ def main() -> int:
     results = [run_case(title, code) for title, code in CASES.items()]
     results.append(run_sigterm('SIGTERM during fit(): graceful exit (code 143) after the engine closed', '{}', 143))
     results.append(
-        run_sigterm('SIGTERM during fit() with enable_signal_handling=False: the OS default', "{'enable_signal_handling': False}",
-                    -signal.SIGTERM))
+        run_sigterm(
+            'SIGTERM during fit() with enable_signal_handling=False: the OS default',
+            "{'enable_signal_handling': False}",
+            -signal.SIGTERM,
+        ),
+    )
     print(f'\n{sum(results)} of {len(results)} cases behaved as expected.')
     return 0 if all(results) else 1
 

@@ -43,8 +43,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(upstream.locate(kind))
     elif args.command == 'tree':
         series.make_tree(args.dest)
-        print(f'{args.dest}: edit upstream files here, commit (one commit per patch, DEP-3 header as the message '
-              'body), then `make export`.')
+        print(
+            f'{args.dest}: edit upstream files here, commit (one commit per patch, DEP-3 header as the message '
+            'body), then `make export`.',
+        )
     elif args.command == 'export':
         for name in series.export(args.tree, args.dest):
             print(args.dest / name)
@@ -54,8 +56,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f'check-patches: {problem}', file=sys.stderr)
         if problems:
             return 1
-        print(f'check-patches: {len(series.read_series())} patches apply exactly to mosaicml '
-              f'{upstream.read_pin().version}; headers complete.')
+        print(
+            f'check-patches: {len(series.read_series())} patches apply exactly to mosaicml '
+            f'{upstream.read_pin().version}; headers complete.',
+        )
     elif args.command == 'pr':
         branch = series.make_pr_branch(args.upstream.resolve(), args.branch)
         print(f'{args.upstream}: branch {branch} created; review it with `git log -p`, then push it.')

@@ -39,8 +39,11 @@ def build_wheel(wheel_directory: Path, pin: Optional[Pin] = None) -> Path:
         _label_version(stage, pin)
         out = Path(tmp) / 'out'
         out.mkdir()
-        result = subprocess.run([sys.executable, '-m', 'wheel', 'pack', '--dest-dir', str(out), str(stage)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        result = subprocess.run([sys.executable, '-m', 'wheel', 'pack', '--dest-dir',
+                                 str(out), str(stage)],
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT,
+                                text=True)
         built = list(out.glob('*.whl'))
         if result.returncode != 0 or len(built) != 1:
             raise ForkError(f'`wheel pack` failed:\n{result.stdout}')
@@ -58,8 +61,11 @@ def _label_version(stage: Path, pin: Pin) -> None:
     old_info.rename(new_info)
     (new_info / 'RECORD').unlink()  # `wheel pack` writes a new one
     _replace_once(new_info / 'METADATA', rf'(?m)^Version: {re.escape(pin.version)}$', f'Version: {pin.fork_version}')
-    _replace_once(stage / VERSION_FILE, rf"(?m)^__version__ = '{re.escape(pin.version)}'$",
-                  f"__version__ = '{pin.fork_version}'")
+    _replace_once(
+        stage / VERSION_FILE,
+        rf"(?m)^__version__ = '{re.escape(pin.version)}'$",
+        f"__version__ = '{pin.fork_version}'",
+    )
 
 
 def _replace_once(path: Path, pattern: str, replacement: str) -> None:
@@ -75,8 +81,12 @@ def build_sdist(sdist_directory: Path) -> Path:
     pin = read_pin()
     name = f'{DIST_NAME}-{pin.fork_version}'
     files = ['setup.py', 'pyproject.toml', 'upstream.cfg', 'README.md', 'CHANGELOG.md']
-    files += [p.relative_to(ROOT).as_posix() for top in ('forktool', 'patches', 'composer')
-              for p in sorted((ROOT / top).rglob('*')) if p.is_file() and '__pycache__' not in p.parts]
+    files += [
+        p.relative_to(ROOT).as_posix()
+        for top in ('forktool', 'patches', 'composer')
+        for p in sorted((ROOT / top).rglob('*'))
+        if p.is_file() and '__pycache__' not in p.parts
+    ]
     sdist_directory.mkdir(parents=True, exist_ok=True)
     target = sdist_directory / f'{name}.tar.gz'
     with tarfile.open(target, 'w:gz', format=tarfile.PAX_FORMAT) as tar:

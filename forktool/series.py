@@ -19,9 +19,11 @@ PATCHES_DIR = ROOT / 'patches'
 SERIES_FILE = 'series'
 REQUIRED_FIELDS = ('Description', 'Bug', 'Forwarded', 'Last-Update')
 #: Directories of ``tests/`` that test the fork's build, not Composer: they stay out of the upstream pull request.
-FORK_ONLY_TESTS = ('tests/build',)
+FORK_ONLY_TESTS = ('tests/fork_build',)
 OVERLAY_COMMIT_SUBJECT = 'Add the fork\'s new modules and tests (overlay)'
 UPSTREAM_TAG = 'upstream'
+# Plain, reproducible diffs whatever the user's git configuration says.
+DIFF_ARGS = ['diff', '--no-color', '--no-ext-diff', '--no-renames', '--src-prefix=a/', '--dst-prefix=b/']
 # Fixed identity and dates make the tree's commits reproducible.
 _GIT_ENV = {
     'GIT_AUTHOR_NAME': 'composer-signals-fork',
@@ -92,16 +94,26 @@ def check_headers(patches: Iterable[Patch]) -> list[str]:
     return problems
 
 
-def _git(args: list[str], cwd: Path, check: bool = True, env: Optional[dict[str, str]] = None,
-         stdin: Optional[str] = None) -> subprocess.CompletedProcess:
+def _git(
+    args: list[str],
+    cwd: Path,
+    check: bool = True,
+    env: Optional[dict[str, str]] = None,
+    stdin: Optional[str] = None,
+) -> subprocess.CompletedProcess:
     full_env = dict(os.environ)
     # Never let git discover a repository above `cwd` (e.g. this repo around build/): `git apply` would then
     # resolve paths against that repository and silently skip files.
     full_env['GIT_CEILING_DIRECTORIES'] = str(Path(cwd).resolve().parent)
     full_env.update(env or {})
     try:
-        result = subprocess.run(['git', *args], cwd=cwd, env=full_env, input=stdin, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        result = subprocess.run(['git', *args],
+                                cwd=cwd,
+                                env=full_env,
+                                input=stdin,
+                                text=True,
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
     except FileNotFoundError:
         raise ForkError('git is required to apply the patch series (`git apply`); install git and retry.') from None
     if check and result.returncode != 0:
@@ -196,8 +208,10 @@ def make_tree(dest: Path, pin: Optional[Pin] = None) -> None:
         dirty = _git(['status', '--porcelain'], cwd=dest, check=False).stdout.strip() if (dest / '.git').exists() \
             else 'not a git tree'
         if dirty:
-            raise ForkError(f'{dest} exists and has uncommitted work ({dirty.splitlines()[0]}); '
-                            'commit or export it, or remove the directory.')
+            raise ForkError(
+                f'{dest} exists and has uncommitted work ({dirty.splitlines()[0]}); '
+                'commit or export it, or remove the directory.',
+            )
         shutil.rmtree(dest)
     extract_sdist(locate('sdist', pin), dest)
     _git(['init', '-q', '-b', 'fork'], cwd=dest)
@@ -224,16 +238,17 @@ def export(tree: Path, patches_dir: Path = PATCHES_DIR) -> list[str]:
         if subject.strip() == OVERLAY_COMMIT_SUBJECT:
             continue
         header = body.rstrip('\n') + '\n'
-        diff = _git(['diff', '--no-color', '--no-ext-diff', '--no-renames', '--src-prefix=a/', '--dst-prefix=b/',
-                     f'{rev}^', rev], cwd=tree).stdout
+        diff = _git(DIFF_ARGS + [f'{rev}^', rev], cwd=tree).stdout
         # Index lines carry blob hashes that churn on every rebase; git apply does not need them.
         diff = ''.join(line for line in diff.splitlines(keepends=True) if not line.startswith('index '))
         patch = Patch(name='', header=header, diff=diff)
         problems = check_headers([patch])
         if problems:
-            raise ForkError(f'commit {rev[:12]} ({subject.strip()}): its message must be the subject line, a blank '
-                            f'line and the DEP-3 header ({", ".join(REQUIRED_FIELDS)}); '
-                            f'{"; ".join(p.split(": ", 1)[1] for p in problems)}.')
+            raise ForkError(
+                f'commit {rev[:12]} ({subject.strip()}): its message must be the subject line, a blank '
+                f'line and the DEP-3 header ({", ".join(REQUIRED_FIELDS)}); '
+                f'{"; ".join(p.split(": ", 1)[1] for p in problems)}.',
+            )
         patches.append(Patch(name=f'{len(patches) + 1:04d}-{_slug(patch.subject)}.patch', header=header, diff=diff))
     patches_dir.mkdir(parents=True, exist_ok=True)
     for old in patches_dir.glob('*.patch'):
@@ -265,10 +280,12 @@ def check(pin: Optional[Pin] = None) -> list[str]:
         for patch in patches:
             regenerated = exported / patch.name
             if not regenerated.is_file() or regenerated.read_text(encoding='utf-8') != patch.text():
-                problems.append(f'{patch.name}: applies only with offsets or differs from what git regenerates '
-                                '(stale line numbers or context); run `make tree && make export`.')
-        if (exported / SERIES_FILE).read_text(encoding='utf-8') != (PATCHES_DIR / SERIES_FILE).read_text(
-                encoding='utf-8'):
+                problems.append(
+                    f'{patch.name}: applies only with offsets or differs from what git regenerates '
+                    '(stale line numbers or context); run `make tree && make export`.',
+                )
+        regenerated_series = (exported / SERIES_FILE).read_text(encoding='utf-8')
+        if regenerated_series != (PATCHES_DIR / SERIES_FILE).read_text(encoding='utf-8'):
             problems.append('patches/series does not match the patch names git regenerates; run `make export`.')
     return problems
 
@@ -279,8 +296,10 @@ def make_pr_branch(upstream: Path, branch: str) -> str:
         raise ForkError(f'{upstream} is not a git checkout of upstream Composer.')
     status = _git(['status', '--porcelain'], cwd=upstream).stdout
     if status.strip():
-        raise ForkError(f'{upstream} has uncommitted changes; refusing to touch it. Commit or stash them first:\n'
-                        f'{status.rstrip()}')
+        raise ForkError(
+            f'{upstream} has uncommitted changes; refusing to touch it. Commit or stash them first:\n'
+            f'{status.rstrip()}',
+        )
     if _git(['rev-parse', '--verify', '--quiet', f'refs/heads/{branch}'], cwd=upstream, check=False).returncode == 0:
         raise ForkError(f'{upstream} already has a branch {branch}; delete it or pass BRANCH=<another name>.')
     # Identity comes from the checkout's own git config when it has one.
@@ -290,10 +309,13 @@ def make_pr_branch(upstream: Path, branch: str) -> str:
     _git(['checkout', '-q', '-b', branch], cwd=upstream, env=identity)
     for patch in read_series():
         apply_patch(patch, upstream, index=True)
-        _git(['commit', '-q', '--cleanup=verbatim', '-F', '-'], cwd=upstream, env=identity,
+        _git(['commit', '-q', '--cleanup=verbatim', '-F', '-'],
+             cwd=upstream,
+             env=identity,
              stdin=_commit_message(patch))
     copy_overlay(upstream)
     _git(['add', '-A'], cwd=upstream)
-    _git(['commit', '-q', '-m', 'Add composer.utils.signal_handling and its regression tests'], cwd=upstream,
+    _git(['commit', '-q', '-m', 'Add composer.utils.signal_handling and its regression tests'],
+         cwd=upstream,
          env=identity)
     return branch

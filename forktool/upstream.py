@@ -61,8 +61,10 @@ def read_pin(path: Path = PIN_FILE) -> Pin:
             label=parser['fork']['label'].strip(),
         )
     except KeyError as e:
-        raise ForkError(f'{path}: missing {e}; it needs [upstream] version, wheel_sha256, sdist_sha256 and [fork] '
-                        'label.') from None
+        raise ForkError(
+            f'{path}: missing {e}; it needs [upstream] version, wheel_sha256, sdist_sha256 and [fork] '
+            'label.',
+        ) from None
     if not re.fullmatch(r'[a-z0-9]+(?:\.[a-z0-9]+)*', pin.label):
         raise ForkError(f'{path}: label {pin.label!r} is not a PEP 440 local version label (e.g. signals.1).')
     return pin
@@ -123,14 +125,18 @@ def locate(kind: str, pin: Pin | None = None, download: bool = True) -> Path:
         elif given.is_file():
             candidate = given.parent / name
         else:
-            raise ForkError(f'{OFFLINE_ENV_VAR}={offline} does not exist. Point it at {name} or at a directory '
-                            'that holds it.')
+            raise ForkError(
+                f'{OFFLINE_ENV_VAR}={offline} does not exist. Point it at {name} or at a directory '
+                'that holds it.',
+            )
         if candidate.is_file():
             return verify(candidate, expected)
-        raise ForkError(f'{OFFLINE_ENV_VAR}={offline} does not provide {name}. Point it at that file or at a '
-                        'directory that holds it (download it elsewhere with '
-                        f'`pip download --no-deps {"--no-binary :all: " if kind == "sdist" else ""}'
-                        f'{DIST_NAME}=={pin.version}`).')
+        raise ForkError(
+            f'{OFFLINE_ENV_VAR}={offline} does not provide {name}. Point it at that file or at a '
+            'directory that holds it (download it elsewhere with '
+            f'`pip download --no-deps {"--no-binary :all: " if kind == "sdist" else ""}'
+            f'{DIST_NAME}=={pin.version}`).',
+        )
     cached = cache_dir() / name
     if cached.is_file():
         return verify(cached, expected)

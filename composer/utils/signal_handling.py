@@ -178,8 +178,10 @@ def acquire_signal_handlers(enable_signal_handling: Optional[bool] = None) -> Si
     if thread is not threading.main_thread():
         # Python only lets the main thread change signal handlers, so only engines created there hold them: their
         # release can restore the handlers, whatever other threads do meanwhile.
-        _warn_once(f'signal handlers can only be installed from the main thread, and this Trainer/Engine was created '
-                   f'on thread {thread.name!r}')
+        _warn_once(
+            f'signal handlers can only be installed from the main thread, and this Trainer/Engine was created '
+            f'on thread {thread.name!r}',
+        )
         return SignalHandlerLease(holds_handlers=False)
     with _lock:
         if not _installed:

@@ -108,9 +108,19 @@ def test_composer_launcher_sigterm_closes_every_rank(write_scenario, tmp_path):
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != 'COMPOSER_SIGNAL_HANDLING'}
     cmd = [
-        launcher, '-n', '2', '--master_addr', '127.0.0.1', '--master_port', str(port),
-        '--stdout', str(tmp_path / 'rank{rank}.stdout'), '--stderr', str(tmp_path / 'rank{rank}.stderr'),
-        str(script), str(tmp_path),
+        launcher,
+        '-n',
+        '2',
+        '--master_addr',
+        '127.0.0.1',
+        '--master_port',
+        str(port),
+        '--stdout',
+        str(tmp_path / 'rank{rank}.stdout'),
+        '--stderr',
+        str(tmp_path / 'rank{rank}.stderr'),
+        str(script),
+        str(tmp_path),
     ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -43,8 +43,13 @@ report(outcomes=outcomes, warnings=warnings_seen, unchanged=all(a is b for a, b 
     assert results['unchanged'] is True
     assert len(results['warnings']) == 1, results['warnings']
     message = results['warnings'][0]
-    for expected in ('main thread', 'enable_signal_handling=False', 'COMPOSER_SIGNAL_HANDLING=0', 'trainer.close()',
-                     'checkpoints'):
+    for expected in (
+        'main thread',
+        'enable_signal_handling=False',
+        'COMPOSER_SIGNAL_HANDLING=0',
+        'trainer.close()',
+        'checkpoints',
+    ):
         assert expected in message, message
 
 

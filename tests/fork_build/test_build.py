@@ -1,0 +1,219 @@
+"""The fork's build: drop-in metadata, verified artifact, all-or-nothing patching, and the maintainer tooling."""
+
+import email.parser
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+from tests.fork_build.conftest import ROOT, pip_wheel  # noqa: F401
+
+sys.path.insert(0, str(ROOT))
+
+from forktool import series  # noqa: E402
+
+
+def _dist_info(zf: zipfile.ZipFile, name: str) -> str:
+    (path,) = [n for n in zf.namelist() if n.endswith(f'.dist-info/{name}')]
+    return zf.read(path).decode()
+
+
+def _headers(metadata: str):
+    message = email.parser.Parser().parsestr(metadata)
+    return [(k, v) for k, v in message.items()], message.get_payload()
+
+
+def test_metadata_equals_upstream_except_version(upstream_wheel, fork_wheel, pin):
+    with zipfile.ZipFile(upstream_wheel) as up, zipfile.ZipFile(fork_wheel) as ours:
+        up_headers, up_description = _headers(_dist_info(up, 'METADATA'))
+        our_headers, our_description = _headers(_dist_info(ours, 'METADATA'))
+        assert ('Version', pin.version) in up_headers
+        assert ('Version', pin.fork_version) in our_headers
+        assert [h for h in our_headers if h[0] != 'Version'] == [h for h in up_headers if h[0] != 'Version']
+        assert our_description == up_description
+        # Requires-Dist with every extra, Requires-Python and the console scripts are part of the comparison above
+        # and below; spot-check that they really are there.
+        names = [k for k, _ in our_headers]
+        assert names.count('Requires-Dist') > 20 and 'Requires-Python' in names and 'Provides-Extra' in names
+        assert _dist_info(ours, 'entry_points.txt') == _dist_info(up, 'entry_points.txt')
+        for script in ('composer =', 'composer_collect_env =', 'composer_validate_remote_path ='):
+            assert script in _dist_info(ours, 'entry_points.txt')
+        assert _dist_info(ours, 'WHEEL') == _dist_info(up, 'WHEEL')
+        assert fork_wheel.name == f'mosaicml-{pin.fork_version}-py3-none-any.whl'
+
+        # Same files (package data included), plus the overlay; only patched files and the version differ.
+        up_files = {n for n in up.namelist() if '.dist-info/' not in n}
+        our_files = {n for n in ours.namelist() if '.dist-info/' not in n}
+        overlay = {rel for _, rel in series.overlay_files() if rel.startswith('composer/')}
+        assert overlay and our_files == up_files | overlay
+        patched = {f for p in series.read_series() for f in p.files()} | {'composer/_version.py'}
+        changed = {n for n in up_files if up.read(n) != ours.read(n)}
+        assert changed == patched
+        assert f"__version__ = '{pin.fork_version}'" in ours.read('composer/_version.py').decode()
+
+
+def test_tampered_artifact_is_refused_and_nothing_is_installed(upstream_wheel, tmp_path):
+    tampered_dir = tmp_path / 'dist'
+    tampered_dir.mkdir()
+    data = bytearray(upstream_wheel.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered = tampered_dir / upstream_wheel.name
+    tampered.write_bytes(bytes(data))
+    target = tmp_path / 'target'
+    proc = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'pip',
+            'install',
+            '--no-deps',
+            '--no-build-isolation',
+            '--disable-pip-version-check',
+            '--target',
+            str(target),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={
+            **os.environ,
+            'COMPOSER_UPSTREAM_DIST': str(tampered),
+        },
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert 'sha256 mismatch' in output and str(tampered) in output
+    from forktool.upstream import read_pin, sha256_of
+    assert read_pin().wheel_sha256 in output and sha256_of(tampered) in output
+    assert not (target / 'composer').exists()
+
+
+def test_offline_without_artifact_names_the_offline_variable(repo_copy, tmp_path):
+    env = {
+        'COMPOSER_FORK_CACHE': str(tmp_path / 'empty-cache'),
+        'PIP_NO_INDEX': '1',
+        'PIP_FIND_LINKS': '',
+        'COMPOSER_UPSTREAM_DIST': '',
+    }
+    proc = pip_wheel(repo_copy, tmp_path / 'out', env=env)
+    assert proc.returncode != 0
+    assert 'COMPOSER_UPSTREAM_DIST' in proc.stdout + proc.stderr
+
+
+def test_patch_that_does_not_apply_fails_the_build_with_its_name(repo_copy, tmp_path, upstream_wheel):
+    (name,) = [n for n in (repo_copy / 'patches' / 'series').read_text().split() if '0002' in n]
+    patch = repo_copy / 'patches' / name
+    text = patch.read_text()
+    assert ' from composer.utils import ensure_tuple\n' in text
+    patch.write_text(
+        text.replace(' from composer.utils import ensure_tuple\n', ' from composer.utils import nothing\n'),
+    )
+    out = tmp_path / 'out'
+    proc = pip_wheel(repo_copy, out, env={'COMPOSER_UPSTREAM_DIST': str(upstream_wheel)})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert name in output
+    assert 'composer/core/engine.py' in output
+    assert 'patch does not apply' in output  # git apply's own reason
+    assert not list(out.glob('*.whl'))
+
+
+def test_export_after_tree_reproduces_patches_byte_for_byte(tmp_path):
+    tree = tmp_path / 'tree'
+    series.make_tree(tree)
+    log = subprocess.run(['git', 'log', '--format=%s', 'upstream..HEAD'], cwd=tree, capture_output=True, text=True)
+    patches = series.read_series()
+    assert log.stdout.splitlines() == [series.OVERLAY_COMMIT_SUBJECT] + [p.subject for p in reversed(patches)]
+    exported = tmp_path / 'patches'
+    series.export(tree, exported)
+    originals = sorted(p.name for p in series.PATCHES_DIR.iterdir())
+    assert sorted(p.name for p in exported.iterdir()) == originals
+    for name in originals:
+        assert (exported / name).read_bytes() == (series.PATCHES_DIR / name).read_bytes(), name
+    # Idempotent: exporting an unchanged tree again changes nothing.
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in exported.iterdir()}
+    series.export(tree, exported)
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in exported.iterdir()} == before
+
+
+def test_check_patches_is_clean():
+    proc = subprocess.run([sys.executable, '-m', 'forktool', 'check'], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _throwaway_upstream(sdist: Path, dest: Path) -> Path:
+    series.extract_sdist(sdist, dest)
+    for args in (['init', '-q', '-b', 'main'], ['add', '-A'], ['commit', '-q', '-m', 'upstream']):
+        subprocess.run(['git', *args], cwd=dest, check=True, env={**os.environ, **series._GIT_ENV})
+    return dest
+
+
+def test_pr_branch_is_exactly_series_plus_overlay_plus_tests(upstream_sdist, tmp_path):
+    repo = _throwaway_upstream(upstream_sdist, tmp_path / 'upstream')
+    proc = subprocess.run([sys.executable, '-m', 'forktool', 'pr', '--upstream',
+                           str(repo), '--branch', 'signals'],
+                          cwd=ROOT,
+                          capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+
+    def git(*args):
+        return subprocess.run(['git', *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+    patches = series.read_series()
+    subjects = git('log', '--format=%s', 'main..signals').splitlines()
+    assert len(subjects) == len(patches) + 1
+    assert list(reversed(subjects))[:-1] == [p.subject for p in patches]
+
+    # Expected: a fresh upstream with the series applied and the overlay and upstream-bound tests added.
+    expected = tmp_path / 'expected'
+    series.extract_sdist(upstream_sdist, expected)
+    series.apply_series(expected)
+    added = set(series.copy_overlay(expected))
+    changed = set(git('diff', '--name-only', 'main', 'signals').split())
+    assert changed == added | {f for p in patches for f in p.files()}
+    assert not any(f.startswith('tests/fork_build') for f in changed)
+    for rel in changed:
+        assert git('show', f'signals:{rel}') == (expected / rel).read_text(), rel
+
+
+def test_pr_refuses_a_dirty_checkout(upstream_sdist, tmp_path):
+    repo = _throwaway_upstream(upstream_sdist, tmp_path / 'upstream')
+    (repo / 'composer' / 'core' / 'engine.py').write_text('# local edit\n')
+    proc = subprocess.run([sys.executable, '-m', 'forktool', 'pr', '--upstream',
+                           str(repo)],
+                          cwd=ROOT,
+                          capture_output=True,
+                          text=True)
+    assert proc.returncode != 0
+    assert 'uncommitted changes' in proc.stderr
+    branches = subprocess.run(['git', 'branch', '--format=%(refname:short)'], cwd=repo, capture_output=True,
+                              text=True).stdout.split()
+    assert branches == ['main']
+
+
+def test_installed_fork_imports_and_console_script_runs(pin):
+    from importlib.metadata import distribution
+    dist = distribution('mosaicml')
+    assert dist.version == pin.fork_version, 'run `make install` first: the installed mosaicml is not this fork'
+    import composer
+    assert composer.__version__ == pin.fork_version
+    assert not Path(composer.__file__).resolve().is_relative_to(ROOT), 'the installed package must not use the repo'
+    bindir = Path(sys.executable).parent
+    for script in ('composer', 'composer_collect_env', 'composer_validate_remote_path'):
+        assert (bindir / script).exists(), script
+    proc = subprocess.run([str(bindir / 'composer'), '--help'], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert 'usage' in proc.stdout.lower() and '--nproc' in proc.stdout
+
+
+def test_sdist_contains_what_the_build_needs(tmp_path):
+    from forktool.build import build_sdist
+    sdist = build_sdist(tmp_path)
+    with tarfile.open(sdist) as tar:
+        names = {n.split('/', 1)[1] for n in tar.getnames() if '/' in n}
+    assert {'setup.py', 'pyproject.toml', 'upstream.cfg', 'patches/series', 'PKG-INFO'} <= names
+    assert {rel for _, rel in series.overlay_files() if rel.startswith('composer/')} <= names
