@@ -40,8 +40,8 @@ test: install test-deps
 
 # The same signal regression tests with upstream 0.32.1's package first on PYTHONPATH, in the same venv.
 test-upstream: install test-deps
-	$(VPY) -m forktool upstream-target --dest build/upstream-target
-	-PYTHONPATH=$(CURDIR)/build/upstream-target $(VPY) -m pytest -p no:randomly -rA tests/signals $(PYTEST_ARGS) \
+	$(VPY) -m forktool target upstream --dest build/upstream-target
+	-PYTHONPATH=$(CURDIR)/build/upstream-target $(VPY) -m pytest -rA tests/signal_handling $(PYTEST_ARGS) \
 		| tee build/test-upstream.log
 	@echo "Results: build/test-upstream.log (failures are expected where upstream behaves differently)"
 

@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--branch', default='fix-signal-handling-lifecycle')
     p = sub.add_parser('refresh', help='record the pinned version\'s hashes (after a version change) and rebase')
     p.add_argument('--tree', type=Path, default=upstream.ROOT / 'build' / 'tree')
+    p = sub.add_parser('target', help='install upstream\'s or the fork\'s package alone (--no-deps) into a directory')
+    p.add_argument('which', choices=['upstream', 'fork'])
+    p.add_argument('--dest', type=Path, required=True)
     sub.add_parser('version', help='print the fork\'s version')
     args = parser.parse_args(argv)
     try:
@@ -65,9 +68,25 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f'{args.upstream}: branch {branch} created; review it with `git log -p`, then push it.')
     elif args.command == 'refresh':
         _refresh(args.tree)
+    elif args.command == 'target':
+        print(_install_target(args.which, args.dest))
     elif args.command == 'version':
         print(upstream.read_pin().fork_version)
     return 0
+
+
+def _install_target(which: str, dest: Path) -> Path:
+    """Put one package (no dependencies) in ``dest``, to be switched in with ``PYTHONPATH`` over the venv's."""
+    import shutil
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = upstream.locate('wheel') if which == 'upstream' else build.build_wheel(Path(tmp))
+        if dest.exists():
+            shutil.rmtree(dest)
+        pip = [sys.executable, '-m', 'pip', 'install', '--quiet', '--no-deps', '--disable-pip-version-check']
+        subprocess.run(pip + ['--target', str(dest), str(wheel)], check=True)
+    return dest
 
 
 def _refresh(tree: Path) -> None:
