@@ -1,0 +1,127 @@
+"""One benchmark measurement in a fresh interpreter; ``bench/run.py`` starts it with ``PYTHONPATH`` choosing the
+``composer`` package (upstream's or the fork's). Prints one JSON line."""
+
+import json
+import os
+import resource
+import sys
+import time
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _trainer(batches: int, callbacks=()):
+    import torch
+    from composer.models import ComposerClassifier
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from composer import Trainer
+
+    torch.manual_seed(0)
+    model = ComposerClassifier(torch.nn.Linear(16, 2), num_classes=2)
+    dataset = TensorDataset(torch.randn(64, 16), torch.randint(0, 2, (64,)))
+    return Trainer(
+        model=model,
+        train_dataloader=DataLoader(dataset, batch_size=8),
+        optimizers=torch.optim.SGD(model.parameters(), lr=0.01),
+        max_duration=f'{batches}ba',
+        device='cpu',
+        progress_bar=False,
+        callbacks=list(callbacks),
+    )
+
+
+def measure_import() -> dict:
+    start = time.perf_counter()
+    import composer
+    elapsed = time.perf_counter() - start
+    return {'seconds': elapsed, 'version': composer.__version__, 'rss_mib': _peak_rss_mib()}
+
+
+def measure_construct(samples: int) -> dict:
+    _trainer(1).close()  # warm-up: first construction pays one-off costs
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        trainer = _trainer(1)
+        trainer.close()
+        times.append(time.perf_counter() - start)
+    return {'seconds': times}
+
+
+def measure_fit(batches: int) -> dict:
+    import composer
+    rss_import = _peak_rss_mib()
+    trainer = _trainer(batches)
+    start = time.perf_counter()
+    trainer.fit()
+    elapsed = time.perf_counter() - start
+    trainer.close()
+    return {
+        'batches_per_second': batches / elapsed,
+        'rss_after_import_mib': rss_import,
+        'rss_after_fit_mib': _peak_rss_mib(),
+        'version': composer.__version__,
+    }
+
+
+def measure_acquire_release(samples: int) -> dict:
+    from composer.utils.signal_handling import acquire_signal_handlers
+    for _ in range(1000):
+        acquire_signal_handlers(True).release()
+    per_call = []
+    for _ in range(samples):
+        n = 2000
+        start = time.perf_counter()
+        for _ in range(n):
+            acquire_signal_handlers(True).release()
+        per_call.append((time.perf_counter() - start) / n * 1e6)
+    holder = acquire_signal_handlers(True)  # the shared case: another engine already holds the handlers
+    shared = []
+    for _ in range(samples):
+        n = 2000
+        start = time.perf_counter()
+        for _ in range(n):
+            acquire_signal_handlers(True).release()
+        shared.append((time.perf_counter() - start) / n * 1e6)
+    holder.release()
+    return {'install_restore_us': per_call, 'shared_us': shared}
+
+
+def sigterm_child() -> None:
+    """Train until killed; announce once training runs. A callback closes (like a logger flushing) on exit."""
+    from composer import Callback
+
+    class Closing(Callback):
+
+        def batch_end(self, state, logger):
+            if int(state.timestamp.batch) == 3:
+                print('TRAINING', flush=True)
+            time.sleep(0.01)
+
+        def close(self, state, logger):
+            time.sleep(0.05)  # a flush
+
+    _trainer(10**7, callbacks=[Closing()]).fit()
+
+
+def main() -> None:
+    mode = sys.argv[1]
+    arg = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    if mode == 'sigterm-child':
+        sigterm_child()
+        return
+    result = {
+        'import': measure_import,
+        'construct': lambda: measure_construct(arg),
+        'fit': lambda: measure_fit(arg),
+        'acquire': lambda: measure_acquire_release(arg),
+    }[mode]()
+    result['pid'] = os.getpid()
+    print('BENCH ' + json.dumps(result), flush=True)
+
+
+if __name__ == '__main__':
+    main()
