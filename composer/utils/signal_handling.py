@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ _FALSE_VALUES = ('0', 'false', 'no', 'off')
 #: The signals Composer handles, in installation order.
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-_Handler = Union[int, signal.Handlers, Any]
+# What signal.getsignal() returns: a Python callable, SIG_DFL/SIG_IGN, or None for a handler installed from C.
+_Handler = Union[Callable[[int, Optional[FrameType]], Any], int, signal.Handlers, None]
 
 # All module state below is guarded by ``_lock``. It is re-entrant because a signal can arrive (and run Python code)
 # on the main thread while that thread holds the lock.

@@ -125,9 +125,12 @@ finally:
     }
 
 
-def test_ray_cancel_of_task_holding_a_live_trainer(run_scenario, ray_available):
+@pytest.mark.parametrize('trainer_kwargs', ['{}', '{"enable_signal_handling": True}'])
+def test_ray_cancel_of_task_holding_a_live_trainer(run_scenario, ray_available, trainer_kwargs):
+    # With the default, Composer leaves a Ray worker's signals to Ray. Forced on, Composer's SIGINT handler calls
+    # Ray's, so cancellation still works.
     scenario = run_scenario(
-        RAY_PRELUDE + """
+        RAY_PRELUDE + f'TRAINER_KWARGS = {trainer_kwargs}\n' + """
 import time
 from ray.exceptions import TaskCancelledError
 
@@ -152,7 +155,7 @@ def train_forever(flag):
                 ray.get(flag.set.remote())
             time.sleep(0.05)
 
-    trainer = make_trainer(callbacks=[Slow()], max_duration='100000ba')
+    trainer = make_trainer(callbacks=[Slow()], max_duration='100000ba', **TRAINER_KWARGS)
     trainer.fit()
     return 'finished'
 
