@@ -69,25 +69,19 @@ def measure_fit(batches: int) -> dict:
 
 def measure_acquire_release(samples: int) -> dict:
     from composer.utils.signal_handling import acquire_signal_handlers
-    for _ in range(1000):
-        acquire_signal_handlers(True).release()
-    per_call = []
-    for _ in range(samples):
-        n = 2000
+
+    def per_call_us(calls: int = 2000) -> float:
         start = time.perf_counter()
-        for _ in range(n):
+        for _ in range(calls):
             acquire_signal_handlers(True).release()
-        per_call.append((time.perf_counter() - start) / n * 1e6)
+        return (time.perf_counter() - start) / calls * 1e6
+
+    per_call_us()  # warm-up
+    install_restore = [per_call_us() for _ in range(samples)]
     holder = acquire_signal_handlers(True)  # the shared case: another engine already holds the handlers
-    shared = []
-    for _ in range(samples):
-        n = 2000
-        start = time.perf_counter()
-        for _ in range(n):
-            acquire_signal_handlers(True).release()
-        shared.append((time.perf_counter() - start) / n * 1e6)
+    shared = [per_call_us() for _ in range(samples)]
     holder.release()
-    return {'install_restore_us': per_call, 'shared_us': shared}
+    return {'install_restore_us': install_restore, 'shared_us': shared}
 
 
 def sigterm_child() -> None:

@@ -55,6 +55,31 @@ PRELUDE = textwrap.dedent(
 
     def report(**values):
         print('RESULT ' + json.dumps(values), flush=True)
+
+    def run_in_thread(target):
+        # Run `target` on a new thread; return the exceptions it raised, as reprs.
+        errors = []
+
+        def wrapper():
+            try:
+                target()
+            except BaseException as e:
+                errors.append(repr(e))
+
+        thread = threading.Thread(target=wrapper)
+        thread.start()
+        thread.join(120)
+        return errors
+
+    # Composer's warnings about its signal handlers, as logged in this process.
+    warnings_seen = []
+
+    class _CollectSignalWarnings(logging.Handler):
+        def emit(self, record):
+            if record.levelno >= logging.WARNING and 'SIGTERM' in record.getMessage():
+                warnings_seen.append(record.getMessage())
+
+    logging.getLogger().addHandler(_CollectSignalWarnings())
     """,
 )
 

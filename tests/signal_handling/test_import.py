@@ -46,18 +46,12 @@ def test_import_in_worker_thread_no_exception_no_warning(run_scenario):
 import warnings
 warnings.simplefilter('error')  # any warning becomes an exception in the thread
 before = handlers()
-errors = []
 
 def worker():
-    try:
-        import composer
-        from composer import Trainer
-    except BaseException as e:
-        errors.append(repr(e))
+    import composer
+    from composer import Trainer
 
-t = threading.Thread(target=worker)
-t.start()
-t.join(120)
+errors = run_in_thread(worker)
 report(errors=errors, unchanged=all(a is b for a, b in zip(handlers(), before)), calls=calls, records=records)
 """,
     )
@@ -73,17 +67,7 @@ def test_reloading_engine_module_in_thread_is_silent(run_scenario):
 import importlib
 import composer.core.engine
 before = handlers()
-errors = []
-
-def worker():
-    try:
-        importlib.reload(composer.core.engine)
-    except BaseException as e:
-        errors.append(repr(e))
-
-t = threading.Thread(target=worker)
-t.start()
-t.join(120)
+errors = run_in_thread(lambda: importlib.reload(composer.core.engine))
 report(errors=errors, unchanged=all(a is b for a, b in zip(handlers(), before)), calls=calls, records=records)
 """,
     )
