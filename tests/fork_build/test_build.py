@@ -1,9 +1,11 @@
 """The fork's build: drop-in metadata, verified artifact, all-or-nothing patching, and the maintainer tooling."""
 
 import email.parser
+import json
 import os
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import zipfile
 from pathlib import Path
@@ -201,7 +203,12 @@ def test_installed_fork_imports_and_console_script_runs(pin):
     assert dist.version == pin.fork_version, 'run `make install` first: the installed mosaicml is not this fork'
     import composer
     assert composer.__version__ == pin.fork_version
-    assert not Path(composer.__file__).resolve().is_relative_to(ROOT), 'the installed package must not use the repo'
+    # Installed into the environment's site-packages, not used from this repository's overlay directory.
+    site_packages = Path(sysconfig.get_paths()['purelib']).resolve()
+    assert Path(composer.__file__).resolve().parent == site_packages / 'composer'
+    assert (site_packages / 'composer' / 'utils' / 'signal_handling.py').is_file()
+    direct_url = json.loads(dist.read_text('direct_url.json') or '{}')
+    assert not direct_url.get('dir_info', {}).get('editable', False)
     bindir = Path(sys.executable).parent
     for script in ('composer', 'composer_collect_env', 'composer_validate_remote_path'):
         assert (bindir / script).exists(), script
