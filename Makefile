@@ -18,8 +18,10 @@ help:
 	@echo "make venv|install|wheel|lint|check-patches|bench"
 	@echo "make tree | export | refresh | pr UPSTREAM=<git checkout of mosaicml/composer>"
 
+# pip >= 24.1 parses `mosaicml @ git+file://...` requirements (older pips reject file URLs in them).
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --disable-pip-version-check --upgrade 'pip>=24.1'
 
 venv: $(VPY)
 

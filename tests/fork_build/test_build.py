@@ -224,3 +224,35 @@ def test_sdist_contains_what_the_build_needs(tmp_path):
         names = {n.split('/', 1)[1] for n in tar.getnames() if '/' in n}
     assert {'setup.py', 'pyproject.toml', 'upstream.cfg', 'patches/series', 'PKG-INFO'} <= names
     assert {rel for _, rel in series.overlay_files() if rel.startswith('composer/')} <= names
+
+
+def test_pip_install_from_git_url_of_a_clean_clone(tmp_path, upstream_wheel, pin):
+    if not (ROOT / '.git').exists():
+        pytest.skip('the repository is not a git checkout')
+    clone = tmp_path / 'clone'
+    subprocess.run(['git', 'clone', '-q', str(ROOT), str(clone)], check=True)
+    target = tmp_path / 'target'
+    proc = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'pip',
+            'install',
+            '--no-deps',
+            '--no-build-isolation',
+            '--disable-pip-version-check',
+            '--target',
+            str(target),
+            f'mosaicml @ git+file://{clone}',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={
+            **os.environ,
+            'COMPOSER_UPSTREAM_DIST': str(upstream_wheel),
+        },
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (target / f'mosaicml-{pin.fork_version}.dist-info').is_dir()
+    assert (target / 'composer' / 'utils' / 'signal_handling.py').is_file()
