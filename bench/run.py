@@ -148,7 +148,9 @@ def absolute(name: str, unit: str, values: list[float], target: str, limit: floa
         },
         'fork': _stats(values),
         'target': target,
-        'values': {'fork': values},
+        'values': {
+            'fork': values,
+        },
         'met': median <= limit,
         # Absolute targets: missed beyond noise if even the fastest sample misses.
         'missed_beyond_noise': min(values) > limit,
