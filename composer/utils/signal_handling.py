@@ -278,9 +278,10 @@ def _framework_owning_signals() -> Optional[str]:
 
 def _warn_once(reason: str) -> None:
     global _warned
-    if _warned:
-        return
-    _warned = True
+    with _lock:  # many threads may get here at once; exactly one of them logs
+        if _warned:
+            return
+        _warned = True
     log.warning(
         'Composer could not install its SIGTERM/SIGINT handlers: %s. Training continues, but if this process receives '
         'SIGTERM, the engine will not close cleanly: checkpoints and loggers may not be flushed. To fix this, create '
@@ -294,9 +295,10 @@ def _warn_once(reason: str) -> None:
 
 def _inform_once(reason: str) -> None:
     global _informed
-    if _informed:
-        return
-    _informed = True
+    with _lock:
+        if _informed:
+            return
+        _informed = True
     log.info(
         'Composer left SIGTERM/SIGINT handling alone because %s. Call trainer.close() in a `finally` block to '
         'flush checkpoints and loggers; pass enable_signal_handling=True or set %s=1 to install Composer\'s '
