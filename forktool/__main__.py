@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from forktool import ForkError, build, series, upstream
@@ -77,9 +80,6 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _install_target(which: str, dest: Path) -> Path:
     """Put one package (no dependencies) in ``dest``, to be switched in with ``PYTHONPATH`` over the venv's."""
-    import shutil
-    import subprocess
-    import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         wheel = upstream.locate('wheel') if which == 'upstream' else build.build_wheel(Path(tmp))
         if dest.exists():
