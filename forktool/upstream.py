@@ -164,7 +164,8 @@ def _pip_download(kind: str, pin: Pin, dest: Path) -> Path:
             raise ForkError(
                 f'Could not download the pinned upstream {name} with pip:\n{tail}\n'
                 f'If this machine is offline, set {OFFLINE_ENV_VAR} to the path of {name} (or of a directory '
-                f'holding it), copied from a machine that has it (`pip download --no-deps {DIST_NAME}=={pin.version}`).',
+                f'holding it), copied from a machine that has it (`pip download --no-deps {DIST_NAME}=={pin.version}`'
+                ').',
             )
         # Verify before it enters the cache, so that a bad download is never reused.
         verify(downloaded, pin.expected_sha256(kind))

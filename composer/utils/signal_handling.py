@@ -264,7 +264,7 @@ def _framework_owning_signals() -> Optional[str]:
     if getattr(signal.signal, '__module__', 'signal') != 'signal':
         patch = signal.signal
         name = f'{getattr(patch, "__module__", "?")}.{getattr(patch, "__qualname__", type(patch).__name__)}'
-        return f'signal.signal is replaced by {name} (for example by Ray\'s DeferSigint), so a framework manages signals'
+        return f'signal.signal is replaced by {name} (as Ray\'s DeferSigint does), so a framework manages signals'
     if 'ray' not in sys.modules:
         return None
     try:

@@ -1,9 +1,11 @@
 """Fixtures for the tests of the fork's build machine (not sent upstream)."""
 
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -52,28 +54,23 @@ def fork_wheel(tmp_path_factory) -> Path:
     return wheel
 
 
-def pip_wheel(source: Path, out: Path, env: dict = None) -> subprocess.CompletedProcess:
-    import os
-    full_env = dict(os.environ)
-    full_env.update(env or {})
+def run_pip(command: str, *args: str, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """Run this venv's ``pip <command>`` on the fork alone: no dependencies, no build isolation (works offline)."""
+    pip = [sys.executable, '-m', 'pip', command, '--no-deps', '--no-build-isolation', '--disable-pip-version-check']
     return subprocess.run(
-        [
-            sys.executable,
-            '-m',
-            'pip',
-            'wheel',
-            '--no-deps',
-            '--no-build-isolation',
-            '--disable-pip-version-check',
-            '-w',
-            str(out),
-            str(source),
-        ],
+        pip + list(args),
         capture_output=True,
         text=True,
-        env=full_env,
         timeout=600,
+        env={
+            **os.environ,
+            **(env or {}),
+        },
     )
+
+
+def pip_wheel(source: Path, out: Path, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    return run_pip('wheel', '-w', str(out), str(source), env=env)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from tests.fork_build.conftest import ROOT, pip_wheel  # noqa: F401
+from tests.fork_build.conftest import ROOT, pip_wheel, run_pip
 
 sys.path.insert(0, str(ROOT))
 
@@ -64,27 +64,7 @@ def test_tampered_artifact_is_refused_and_nothing_is_installed(upstream_wheel, t
     tampered = tampered_dir / upstream_wheel.name
     tampered.write_bytes(bytes(data))
     target = tmp_path / 'target'
-    proc = subprocess.run(
-        [
-            sys.executable,
-            '-m',
-            'pip',
-            'install',
-            '--no-deps',
-            '--no-build-isolation',
-            '--disable-pip-version-check',
-            '--target',
-            str(target),
-            str(ROOT),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={
-            **os.environ,
-            'COMPOSER_UPSTREAM_DIST': str(tampered),
-        },
-    )
+    proc = run_pip('install', '--target', str(target), str(ROOT), env={'COMPOSER_UPSTREAM_DIST': str(tampered)})
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert 'sha256 mismatch' in output and str(tampered) in output
@@ -232,26 +212,12 @@ def test_pip_install_from_git_url_of_a_clean_clone(tmp_path, upstream_wheel, pin
     clone = tmp_path / 'clone'
     subprocess.run(['git', 'clone', '-q', str(ROOT), str(clone)], check=True)
     target = tmp_path / 'target'
-    proc = subprocess.run(
-        [
-            sys.executable,
-            '-m',
-            'pip',
-            'install',
-            '--no-deps',
-            '--no-build-isolation',
-            '--disable-pip-version-check',
-            '--target',
-            str(target),
-            f'mosaicml @ git+file://{clone}',
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={
-            **os.environ,
-            'COMPOSER_UPSTREAM_DIST': str(upstream_wheel),
-        },
+    proc = run_pip(
+        'install',
+        '--target',
+        str(target),
+        f'mosaicml @ git+file://{clone}',
+        env={'COMPOSER_UPSTREAM_DIST': str(upstream_wheel)},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (target / f'mosaicml-{pin.fork_version}.dist-info').is_dir()
