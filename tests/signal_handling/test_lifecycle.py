@@ -147,9 +147,10 @@ def test_replaced_engine_neither_leaks_nor_double_releases(run_scenario):
     scenario = run_scenario(
         """
 import gc
-from composer.core import Engine
 
 before = handlers()
+from composer.core import Engine
+
 keeper = make_trainer()  # a second holder, so a double release would show
 trainer = make_trainer()
 installed = handlers()
