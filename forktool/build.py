@@ -39,11 +39,8 @@ def build_wheel(wheel_directory: Path, pin: Optional[Pin] = None) -> Path:
         _label_version(stage, pin)
         out = Path(tmp) / 'out'
         out.mkdir()
-        result = subprocess.run([sys.executable, '-m', 'wheel', 'pack', '--dest-dir',
-                                 str(out), str(stage)],
-                                stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT,
-                                text=True)
+        pack = [sys.executable, '-m', 'wheel', 'pack', '--dest-dir', str(out), str(stage)]
+        result = subprocess.run(pack, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         built = list(out.glob('*.whl'))
         if result.returncode != 0 or len(built) != 1:
             raise ForkError(f'`wheel pack` failed:\n{result.stdout}')

@@ -7,12 +7,13 @@ Every test runs its scenario in a fresh Python subprocess with a timeout: signal
 they must not leak into (or from) the test runner, and nothing may hang.
 """
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import pytest
 
@@ -94,18 +95,19 @@ class Scenario:
 
     @property
     def results(self) -> dict:
-        import json
         values: dict = {}
         for line in self.stdout.splitlines():
             if line.startswith('RESULT '):
                 values.update(json.loads(line[len('RESULT '):]))
         return values
 
-    def warnings_mentioning(self, text: str) -> list[str]:
-        return [line for line in self.stderr.splitlines() if 'WARNING' in line and text in line]
-
     def __repr__(self) -> str:
         return f'returncode={self.returncode}\n--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}'
+
+
+def _write_script(path: Path, code: str) -> Path:
+    path.write_text(PRELUDE + textwrap.dedent(code))
+    return path
 
 
 def _env(extra: Optional[dict[str, str]]) -> dict[str, str]:
@@ -121,8 +123,7 @@ def run_scenario(tmp_path) -> Callable[..., Scenario]:
     """Run ``code`` (after :data:`PRELUDE`) in a fresh interpreter; fail the test if it exceeds ``timeout`` s."""
 
     def run(code: str, env: Optional[dict[str, str]] = None, timeout: float = 180) -> Scenario:
-        script = tmp_path / 'scenario.py'
-        script.write_text(PRELUDE + textwrap.dedent(code))
+        script = _write_script(tmp_path / 'scenario.py', code)
         try:
             proc = subprocess.run(
                 [sys.executable, str(script)],
@@ -140,29 +141,23 @@ def run_scenario(tmp_path) -> Callable[..., Scenario]:
 
 
 @pytest.fixture
-def write_scenario(tmp_path) -> Callable[[str], Path]:
-    """Write ``code`` (after :data:`PRELUDE`) to a script in ``tmp_path`` and return its path."""
-    counter = [0]
-
-    def write(code: str) -> Path:
-        counter[0] += 1
-        script = tmp_path / f'script_{counter[0]}.py'
-        script.write_text(PRELUDE + textwrap.dedent(code))
-        return script
-
-    return write
-
-
-@pytest.fixture
 def start_scenario(tmp_path):
-    """Start ``code`` (after :data:`PRELUDE`) as a subprocess for tests that signal it; killed at teardown."""
+    """Start ``code`` (after :data:`PRELUDE`) for tests that signal it; its process tree is killed at teardown.
+
+    ``launcher`` prefixes the command (e.g. the ``composer`` launcher and its options) instead of ``python``;
+    ``script_args`` follow the script.
+    """
     procs: list[subprocess.Popen] = []
 
-    def start(code: str, env: Optional[dict[str, str]] = None, args: Optional[list[str]] = None) -> subprocess.Popen:
-        script = tmp_path / f'scenario_{len(procs)}.py'
-        script.write_text(PRELUDE + textwrap.dedent(code))
+    def start(
+        code: str,
+        env: Optional[dict[str, str]] = None,
+        launcher: Optional[list[str]] = None,
+        script_args: Sequence[str] = (),
+    ) -> subprocess.Popen:
+        script = _write_script(tmp_path / f'scenario_{len(procs)}.py', code)
         proc = subprocess.Popen(
-            args or [sys.executable, str(script)],
+            [*(launcher or [sys.executable]), str(script), *script_args],
             env=_env(env),
             cwd=tmp_path,
             stdout=subprocess.PIPE,
@@ -174,6 +169,21 @@ def start_scenario(tmp_path):
 
     yield start
     for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=30)
+        _kill_tree(proc)
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` and its children (the launcher's ranks), if still running."""
+    import psutil
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    for child in children:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate(timeout=30)

@@ -6,7 +6,6 @@
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 
@@ -99,16 +98,13 @@ TRAINER_KWARGS = {}
     assert _markers(tmp_path) == ['close.rank0', 'post_close.rank0', 'user_handler.rank0']
 
 
-def test_composer_launcher_sigterm_closes_every_rank(write_scenario, tmp_path):
+def test_composer_launcher_sigterm_closes_every_rank(start_scenario, tmp_path):
     """SIGTERM to the launcher: it SIGTERMs its 2 CPU ranks (gloo), each closes its engine, all exit in time."""
-    script = write_scenario('TRAINER_KWARGS = {}\n' + LONG_FIT)
-    launcher = os.path.join(os.path.dirname(sys.executable), 'composer')
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != 'COMPOSER_SIGNAL_HANDLING'}
-    cmd = [
-        launcher,
+    launcher = [
+        os.path.join(os.path.dirname(sys.executable), 'composer'),
         '-n',
         '2',
         '--master_addr',
@@ -119,36 +115,15 @@ def test_composer_launcher_sigterm_closes_every_rank(write_scenario, tmp_path):
         str(tmp_path / 'rank{rank}.stdout'),
         '--stderr',
         str(tmp_path / 'rank{rank}.stderr'),
-        str(script),
-        str(tmp_path),
     ]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(str(tmp_path / 'training.rank*'), 2, proc, timeout=240)
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-        elapsed = time.monotonic() - started
-    finally:
-        _kill_tree(proc)
+    proc = start_scenario('TRAINER_KWARGS = {}\n' + LONG_FIT, launcher=launcher, script_args=[str(tmp_path)])
+    _wait_for(str(tmp_path / 'training.rank*'), 2, proc, timeout=240)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    elapsed = time.monotonic() - started
     logs = '\n'.join(f'{p.name}:\n{p.read_text()}' for p in sorted(tmp_path.glob('rank*.std*')))
     assert _markers(tmp_path) == ['close.rank0', 'close.rank1', 'post_close.rank0', 'post_close.rank1'], logs + err
     assert proc.returncode == 143, logs + err
     # The launcher waits up to 30 s before SIGKILL; ranks that close by themselves finish long before that.
     assert elapsed < 20, (elapsed, logs + err)
-
-
-def _kill_tree(proc):
-    import psutil
-    try:
-        children = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        children = []
-    for p in [*children]:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    if proc.poll() is None:
-        proc.kill()
-        proc.communicate(timeout=30)
