@@ -12,7 +12,10 @@ import json
 import os
 import platform
 import random
+import re
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -45,8 +48,18 @@ def env_for(path: Path) -> dict[str, str]:
     return env
 
 
-def run_worker(path: Path, *args: str, timeout: float = 600) -> dict:
-    proc = subprocess.run([sys.executable, str(WORKER), *args],
+def launcher_command(nproc: int = 2) -> list[str]:
+    """The ``composer`` launcher of whichever package ``PYTHONPATH`` selects, with ``nproc`` CPU ranks (gloo)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    launcher = [sys.executable, '-m', 'composer.cli.launcher', '-n', str(nproc), '--master_addr', '127.0.0.1']
+    return launcher + ['--master_port', str(port)]
+
+
+def run_worker(path: Path, *args: str, timeout: float = 600, ranks: int = 1) -> dict:
+    prefix = launcher_command(ranks) if ranks > 1 else [sys.executable]
+    proc = subprocess.run([*prefix, str(WORKER), *args],
                           env=env_for(path),
                           capture_output=True,
                           text=True,
@@ -82,6 +95,44 @@ def sigterm_to_exit(path: Path) -> float:
     if proc.returncode != 143:
         raise RuntimeError(f'SIGTERM child exited with {proc.returncode}, expected 143')
     return elapsed
+
+
+def preemption_loss(path: Path, side: str, signal_at: int, save_every: int) -> dict:
+    """SIGTERM inside batch ``signal_at + 1``; what the checkpoint that autoresume would pick holds afterwards.
+
+    Upstream checkpoints every ``save_every`` batches; the fork uses ``save_on_preemption=True`` instead.
+    """
+    work = TARGETS / f'preempt-{side}'
+    shutil.rmtree(work, ignore_errors=True)
+    folder = work / 'checkpoints'
+    folder.mkdir(parents=True)
+    mode = 'preempt' if side == 'fork' else 'save'
+    command = [sys.executable, str(WORKER), 'preempted-child', str(signal_at), mode, str(save_every), str(folder)]
+    proc = subprocess.run(
+        command,
+        env=env_for(path),
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode != 143:
+        raise RuntimeError(f'preempted child ({side}) exited with {proc.returncode}:\n{proc.stderr[-3000:]}')
+    sent = json.loads((work / 'signal.json').read_text())
+    latest = folder / 'latest-rank0.pt'
+    if latest.exists():
+        target = folder / os.readlink(latest)
+        match = re.search(r'-ba(\d+)-', target.name)
+        assert match is not None, target
+        checkpoint_batch = int(match.group(1))
+        written_after = target.stat().st_mtime - sent['time']
+    else:  # no checkpoint yet: autoresume starts from scratch
+        checkpoint_batch, written_after = 0, float('nan')
+    return {
+        'lost_batches': max(0, sent['completed_batches'] - checkpoint_batch),
+        'checkpoint_after_batches': checkpoint_batch - sent['completed_batches'],
+        'checkpoint_after_seconds': written_after,
+    }
 
 
 def alternate(samples: int, measure: Callable[[str], list[float]]) -> dict[str, list[float]]:
@@ -138,6 +189,23 @@ def summarize(
     }
 
 
+def side_by_side(name: str, unit: str, values: dict[str, list[float]], target: str, met: bool) -> dict:
+    """A row with both sides' figures where a ratio means nothing (e.g. the fork's figure is 0 by design)."""
+    return {
+        'metric': name,
+        'unit': unit,
+        'samples': {
+            side: len(v) for side, v in values.items()
+        },
+        'upstream': _stats(values['upstream']),
+        'fork': _stats(values['fork']),
+        'target': target,
+        'met': met,
+        'missed_beyond_noise': not met,
+        'values': values,
+    }
+
+
 def absolute(name: str, unit: str, values: list[float], target: str, limit: float) -> dict:
     median = statistics.median(values)
     return {
@@ -187,8 +255,27 @@ def build_time(samples: int) -> list[float]:
 
 
 def run(quick: bool) -> dict:
-    n = {'import': 2, 'construct': 6, 'fit': 2, 'fit_batches': 60, 'sigterm': 2, 'acquire': 3, 'build': 1} if quick \
-        else {'import': 20, 'construct': 60, 'fit': 8, 'fit_batches': 300, 'sigterm': 10, 'acquire': 7, 'build': 3}
+    n = {
+        'import': 2,
+        'construct': 6,
+        'fit': 2,
+        'fit_batches': 60,
+        'ddp_fit': 1,
+        'sigterm': 2,
+        'preempt': 2,
+        'acquire': 3,
+        'build': 1,
+    } if quick else {
+        'import': 20,
+        'construct': 60,
+        'fit': 8,
+        'fit_batches': 300,
+        'ddp_fit': 5,
+        'sigterm': 10,
+        'preempt': 10,
+        'acquire': 7,
+        'build': 3,
+    }
     paths = install_targets()
     results = []
 
@@ -231,6 +318,58 @@ def run(quick: bool) -> dict:
         rss = {side: [f[key] for f in fits[side]] for side in SIDES}
         results.append(summarize(label, 'MiB', rss, 'ratio <= 1.01', 1.01))
 
+    # save_on_preemption: the fork with it on against upstream with the same checkpointing (save_folder, a
+    # save_interval far in the future); and both modes on 2 gloo ranks under the composer launcher.
+    print('fit() throughput with save_on_preemption, 1 process and 2 ranks ...', flush=True)
+    fit_rows = [  # label, ranks, worker mode for upstream and for the fork
+        ('fit() throughput, save_on_preemption=True (1 process)', 1, ('save', 'preempt')),
+        ('fit() throughput (2 ranks, composer launcher)', 2, ('plain', 'plain')),
+        ('fit() throughput, save_on_preemption=True (2 ranks)', 2, ('save', 'preempt')),
+    ]
+    for label, ranks, (upstream_mode, fork_mode) in fit_rows:
+        modes = {'upstream': upstream_mode, 'fork': fork_mode}
+        samples = n['fit'] if ranks == 1 else n['ddp_fit']
+
+        def throughput_with(side: str, ranks: int = ranks, modes: dict[str, str] = modes) -> list[float]:
+            result = run_worker(paths[side], 'fit', str(n['fit_batches']), modes[side], ranks=ranks)
+            return [result['batches_per_second']]
+
+        values = alternate(samples, throughput_with)
+        results.append(summarize(label, 'batches/s', values, 'ratio >= 0.99', 0.99, higher_is_better=True))
+
+    print('work lost on preemption ...', flush=True)
+    save_every = 50
+    rng = random.Random(7)
+    signal_batches = [rng.randint(10, 190) for _ in range(n['preempt'])]
+    losses: dict[str, list[dict]] = {side: [] for side in SIDES}
+    for signal_at in signal_batches:
+        for side in rng.sample(SIDES, 2):
+            losses[side].append(preemption_loss(paths[side], side, signal_at, save_every))
+    lost = {side: [float(x['lost_batches']) for x in losses[side]] for side in SIDES}
+    results.append(
+        side_by_side(
+            f'work lost on preemption (batches recomputed; SIGTERM at a random batch; upstream saves every '
+            f'{save_every})',
+            'batches',
+            lost,
+            'fork: 0',
+            max(lost['fork']) == 0,
+        ),
+    )
+    after_batches = [float(x['checkpoint_after_batches']) for x in losses['fork']]
+    results.append(
+        absolute('SIGTERM to checkpoint on disk (batches)', 'batches', after_batches, '<= 1 (the batch in flight)', 1),
+    )
+    results.append(
+        absolute(
+            'SIGTERM to checkpoint on disk (seconds)',
+            's',
+            [x['checkpoint_after_seconds'] for x in losses['fork']],
+            'report',
+            1e9,
+        ),
+    )
+
     print('SIGTERM to exit ...', flush=True)
     sigterm = alternate(n['sigterm'], lambda side: [sigterm_to_exit(paths[side])])
     results.append(summarize('SIGTERM to exit (mid-fit, closing callback)', 's', sigterm, 'median ratio <= 1.05', 1.05))
@@ -254,7 +393,7 @@ def write_markdown(report: dict, path: Path) -> None:
         if 'upstream' in r:
             up = r['upstream']
             upstream = f'{_fmt(up["median"])} ({_fmt(up["min"])}-{_fmt(up["max"])}) {r["unit"]}'
-            ratio = f'{r["ratio"]:.3f} [{r["ratio_ci95"][0]:.3f}, {r["ratio_ci95"][1]:.3f}]'
+            ratio = f'{r["ratio"]:.3f} [{r["ratio_ci95"][0]:.3f}, {r["ratio_ci95"][1]:.3f}]' if 'ratio' in r else 'n/a'
         else:
             upstream, ratio = 'n/a (fork only)', 'n/a'
         met = 'report' if r['target'] == 'report' else (

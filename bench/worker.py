@@ -12,25 +12,38 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _trainer(batches: int, callbacks=()):
+def _trainer(batches: int, callbacks=(), **kwargs):
     import torch
     from composer.models import ComposerClassifier
     from torch.utils.data import DataLoader, TensorDataset
 
     from composer import Trainer
+    from composer.utils import dist
 
     torch.manual_seed(0)
     model = ComposerClassifier(torch.nn.Linear(16, 2), num_classes=2)
     dataset = TensorDataset(torch.randn(64, 16), torch.randint(0, 2, (64,)))
+    sampler = dist.get_sampler(dataset) if int(os.environ.get('WORLD_SIZE', '1')) > 1 else None
     return Trainer(
         model=model,
-        train_dataloader=DataLoader(dataset, batch_size=8),
+        train_dataloader=DataLoader(dataset, batch_size=8, sampler=sampler),
         optimizers=torch.optim.SGD(model.parameters(), lr=0.01),
         max_duration=f'{batches}ba',
         device='cpu',
         progress_bar=False,
         callbacks=list(callbacks),
+        **kwargs,
     )
+
+
+def _checkpoint_kwargs(mode: str, folder: str, save_interval: str = '100000ba') -> dict:
+    """``plain``: no checkpointing; ``save``: a save_folder; ``preempt``: a save_folder and save_on_preemption."""
+    if mode == 'plain':
+        return {}
+    kwargs = {'save_folder': folder, 'save_interval': save_interval, 'save_overwrite': True}
+    if mode == 'preempt':
+        kwargs['save_on_preemption'] = True
+    return kwargs
 
 
 def measure_import() -> dict:
@@ -51,10 +64,13 @@ def measure_construct(samples: int) -> dict:
     return {'seconds': times}
 
 
-def measure_fit(batches: int) -> dict:
+def measure_fit(batches: int, mode: str = 'plain') -> dict:
+    import tempfile
+
     import composer
     rss_import = _peak_rss_mib()
-    trainer = _trainer(batches)
+    folder = tempfile.mkdtemp(prefix='bench-checkpoints-')  # one per process: every rank saves into its own
+    trainer = _trainer(batches, **_checkpoint_kwargs(mode, folder))
     start = time.perf_counter()
     trainer.fit()
     elapsed = time.perf_counter() - start
@@ -101,20 +117,47 @@ def sigterm_child() -> None:
     _trainer(10**7, callbacks=[Closing()]).fit()
 
 
+def preempted_child(signal_at: int, mode: str, save_interval: int, folder: str) -> None:
+    """Train with checkpoints in ``folder``; SIGTERM this process inside batch ``signal_at + 1``.
+
+    ``mode`` is ``save`` (upstream's behaviour: periodic checkpoints every ``save_interval`` batches) or ``preempt``
+    (the fork's ``save_on_preemption=True``, no periodic checkpoint before the end). Records in ``folder/signal.json``
+    how many batches were complete when the signal was sent, and when (``time.time()``).
+    """
+    import signal
+
+    from composer import Callback
+
+    class Preempt(Callback):
+
+        def after_backward(self, state, logger):
+            if int(state.timestamp.batch) == signal_at:
+                with open(os.path.join(folder, '..', 'signal.json'), 'w') as f:
+                    json.dump({'completed_batches': signal_at, 'time': time.time()}, f)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    interval = f'{save_interval}ba' if mode == 'save' else '100000ba'
+    _trainer(10**6, callbacks=[Preempt()], **_checkpoint_kwargs(mode, folder, interval)).fit()
+
+
 def main() -> None:
     mode = sys.argv[1]
     arg = int(sys.argv[2]) if len(sys.argv) > 2 else 0
     if mode == 'sigterm-child':
         sigterm_child()
         return
+    if mode == 'preempted-child':
+        preempted_child(arg, sys.argv[3], int(sys.argv[4]), sys.argv[5])
+        return
     result = {
         'import': measure_import,
         'construct': lambda: measure_construct(arg),
-        'fit': lambda: measure_fit(arg),
+        'fit': lambda: measure_fit(arg, sys.argv[3] if len(sys.argv) > 3 else 'plain'),
         'acquire': lambda: measure_acquire_release(arg),
     }[mode]()
     result['pid'] = os.getpid()
-    print('BENCH ' + json.dumps(result), flush=True)
+    if os.environ.get('RANK', '0') == '0':
+        print('BENCH ' + json.dumps(result), flush=True)
 
 
 if __name__ == '__main__':

@@ -114,6 +114,30 @@ CASES = {
         print('    signal.signal calls by Composer:', len(calls))
         assert calls == []
     """,
+    'Trainer.request_stop() from the main thread stops a Trainer on a worker thread':
+        """
+        import tempfile, time
+        from composer import Callback
+
+        started = threading.Event()
+
+        class Announce(Callback):
+            def batch_end(self, state, logger):
+                started.set()
+                time.sleep(0.05)
+
+        with tempfile.TemporaryDirectory() as folder:
+            trainer = make_trainer(save_folder=folder, max_duration='100000ba', callbacks=[Announce()])
+            t = threading.Thread(target=trainer.fit)
+            t.start()
+            started.wait(60)
+            trainer.request_stop()  # e.g. from your own SIGTERM handler, or the framework that owns the signals
+            t.join(60)
+            print('    the worker stopped after batch', int(trainer.state.timestamp.batch), 'and saved',
+                  sorted(f for f in os.listdir(folder) if f.startswith('ep')))
+            assert not t.is_alive() and len([f for f in os.listdir(folder) if f.startswith('ep')]) == 1
+            trainer.close()
+    """,
     'handlers live exactly as long as the Trainer':
         """
         before = handlers()
@@ -186,6 +210,72 @@ def run_sigterm(title: str, kwargs: str, expected_returncode: int) -> bool:
     return ok
 
 
+PREEMPTION_SCRIPT = """
+import time
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from composer import Callback, Trainer
+from composer.models import ComposerClassifier
+from composer.utils import dist
+
+class Announce(Callback):
+    def batch_end(self, state, logger):
+        if MODE == 'preempted' and int(state.timestamp.batch) == 10:
+            print('TRAINING', flush=True)
+        time.sleep(0.02)
+
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.2), torch.nn.Linear(16, 2))
+model = ComposerClassifier(net, num_classes=2)
+generator = torch.Generator().manual_seed(1)
+dataset = TensorDataset(torch.randn(256, 4, generator=generator), torch.randint(0, 2, (256,), generator=generator))
+trainer = Trainer(model=model, train_dataloader=DataLoader(dataset, batch_size=8, sampler=dist.get_sampler(dataset)),
+                  optimizers=torch.optim.Adam(model.parameters(), lr=0.01), device='cpu', progress_bar=False,
+                  max_duration='2ep', seed=17, run_name='demo', save_folder=FOLDER, save_interval='1ep',
+                  save_on_preemption=MODE == 'preempted', autoresume=MODE == 'resumed', callbacks=[Announce()])
+trainer.fit()
+torch.save(trainer.state.model.state_dict(), f'{FOLDER}/../{MODE}.pt')
+print(f'    [{MODE}] trained to batch {int(trainer.state.timestamp.batch)}', flush=True)
+"""
+
+
+def run_preemption() -> bool:
+    title = 'save_on_preemption: SIGTERM mid-epoch, a checkpoint of that batch, exit 143, resume to the same weights'
+    print(f'\n== {title}')
+    with tempfile.TemporaryDirectory() as tmp:
+        outcomes = {}
+        for mode in ('uninterrupted', 'preempted', 'resumed'):
+            folder = Path(tmp) / ('reference' if mode == 'uninterrupted' else 'run') / 'checkpoints'
+            script = Path(tmp) / f'{mode}.py'
+            script.write_text(PRELUDE + f'MODE = {mode!r}\nFOLDER = {str(folder)!r}\n' + PREEMPTION_SCRIPT)
+            proc = subprocess.Popen([sys.executable, str(script)],
+                                    stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT,
+                                    text=True)
+            assert proc.stdout is not None
+            if mode == 'preempted':
+                for line in proc.stdout:
+                    if line.startswith('TRAINING'):
+                        break
+                proc.send_signal(signal.SIGTERM)
+            rest, _ = proc.communicate(timeout=300)
+            outcomes[mode] = proc.returncode
+            for line in rest.splitlines():
+                if line.startswith('    ') or 'Preempted' in line or 'Traceback' in line:
+                    print(line.strip() if 'Preempted' in line else line)
+            if mode == 'preempted':
+                saved = sorted(p.name for p in folder.glob('ep*'))
+                print(f'    [preempted] exit code {proc.returncode}; checkpoints: {saved}')
+        import torch
+        reference = torch.load(Path(tmp) / 'reference' / 'uninterrupted.pt', weights_only=True)
+        resumed = torch.load(Path(tmp) / 'run' / 'resumed.pt', weights_only=True)
+        same_weights = all(torch.equal(reference[k], resumed[k]) for k in reference)
+    print(f'    resumed run == uninterrupted run, bit for bit: {same_weights}')
+    ok = outcomes == {'uninterrupted': 0, 'preempted': 143, 'resumed': 0} and same_weights
+    print('   ', 'OK' if ok else f'FAILED ({outcomes})')
+    return ok
+
+
 def main() -> int:
     import composer
     print(f'Composer {composer.__version__} from {os.path.dirname(composer.__file__)}')
@@ -198,6 +288,7 @@ def main() -> int:
             -signal.SIGTERM,
         ),
     )
+    results.append(run_preemption())
     print(f'\n{sum(results)} of {len(results)} cases behaved as expected.')
     return 0 if all(results) else 1
 

@@ -17,26 +17,41 @@ pending checkpoint uploads are flushed. This module owns all of that logic:
   one warning per process and training continues.
 * ``enable_signal_handling`` (a :class:`.Trainer` / :class:`.Engine` argument) or the ``COMPOSER_SIGNAL_HANDLING``
   environment variable opts out.
+* Preemption (``Trainer(save_on_preemption=True)``): while such a trainer fits, a ``SIGTERM`` that Composer would have
+  turned into ``SystemExit`` requests a :class:`StopRequest` instead. The trainer stops every rank after the batch in
+  flight, checkpoints it and then exits with ``SystemExit(143)``. :meth:`.Trainer.request_stop` is the same stop
+  without a signal, from any thread.
+* Force quit: a second ``SIGTERM`` or ``SIGINT`` while Composer is stopping (a stop requested by a signal, or the
+  ``SystemExit`` that Composer raised), or while an engine closes after a first signal, ends the process at once with
+  exit code ``128 + signum`` (\"press Ctrl-C twice\"), even when the main thread is blocked in a slow ``close()``.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import functools
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 from types import FrameType
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     'SIGNAL_HANDLING_ENV_VAR',
     'SignalHandlerLease',
+    'StopRequest',
     'acquire_signal_handlers',
+    'engine_closing',
+    'exit_after_preemption',
+    'handle_preemption',
     'resolve_signal_handling',
+    'warn_preemption_unavailable',
 ]
 
 #: Environment variable read when ``enable_signal_handling`` is ``None``.
@@ -44,6 +59,9 @@ SIGNAL_HANDLING_ENV_VAR = 'COMPOSER_SIGNAL_HANDLING'
 
 _TRUE_VALUES = ('1', 'true', 'yes', 'on')
 _FALSE_VALUES = ('0', 'false', 'no', 'off')
+
+#: :attr:`SignalHandlerLease.reason` when ``enable_signal_handling=False`` or ``COMPOSER_SIGNAL_HANDLING=0``.
+DISABLED_REASON = 'signal handling is disabled (enable_signal_handling=False or COMPOSER_SIGNAL_HANDLING=0)'
 
 #: The signals Composer handles, in installation order.
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -60,6 +78,24 @@ _installed: dict[int, _ComposerSignalHandler] = {}
 _warned = False
 _informed = False
 _atexit_registered = False
+# The stop requests of the trainers that fit with ``save_on_preemption=True`` right now. A tuple, replaced (never
+# mutated) under ``_lock``, so that the handler iterates over a consistent snapshot without taking the lock.
+_preemption_targets: tuple[StopRequest, ...] = ()
+# Set by Composer's handler when it decided that the process ends: it raised SystemExit or requested a preemption stop.
+_exit_pending = False
+# Set by Composer's handler when a SIGTERM/SIGINT with a standard effect (exit or KeyboardInterrupt) arrived.
+_signal_received = False
+# The number of engines inside Engine._close() right now.
+_closing_engines = 0
+# When (time.monotonic()) and which signal armed the force quit, to tell a duplicate delivery from a second signal.
+_first_signal: tuple[float, int] = (0.0, 0)
+
+#: A repeat of the first signal within this many seconds is the same signal delivered twice, not a second one: a job
+#: scheduler (SLURM signals every process of a job step) and a launcher that forwards the signal (the ``composer``
+#: launcher, ``torchrun``) reach a training process at nearly the same time.
+DUPLICATE_SIGNAL_WINDOW = 0.25
+
+_F = TypeVar('_F', bound=Callable[..., Any])
 
 
 class _ComposerSignalHandler:
@@ -73,12 +109,31 @@ class _ComposerSignalHandler:
         self.previous = previous
 
     def __call__(self, signum: int, frame: Optional[FrameType]) -> Any:
+        # Runs on the main thread between two bytecodes, possibly while that thread holds a lock: it reads and writes
+        # module state without taking ``_lock`` (assignments are atomic) and logs nothing.
+        global _exit_pending, _signal_received, _first_signal
         previous = self.previous
         if previous == signal.SIG_IGN:
             return None
+        if _exit_pending or (_closing_engines > 0 and _signal_received):
+            first_time, first_signum = _first_signal
+            if signum == first_signum and time.monotonic() - first_time < DUPLICATE_SIGNAL_WINDOW:
+                return None  # the first signal, delivered twice
+            _force_quit(signum)
         if callable(previous):
+            if previous is signal.default_int_handler:
+                _signal_received = True
+                _first_signal = (time.monotonic(), signum)
             # A user's handler, Python's ``default_int_handler`` or a framework's handler: it keeps working.
             return previous(signum, frame)
+        _signal_received = True
+        _exit_pending = True
+        _first_signal = (time.monotonic(), signum)
+        if signum == signal.SIGTERM and _preemption_targets:
+            # Preemption: the trainers stop after the batch in flight, checkpoint it and raise SystemExit themselves.
+            for stop_request in _preemption_targets:
+                stop_request.request(signum=signum)
+            return None
         # The OS default would end the process without running ``finally`` blocks or ``atexit`` hooks. Exit through
         # Python instead, with the exit code a shell reports for death by this signal (143 for SIGTERM).
         raise SystemExit(128 + signum)
@@ -93,13 +148,19 @@ class SignalHandlerLease:
     The handlers are restored when the last lease is released. :meth:`release` is idempotent and thread-safe.
     """
 
-    def __init__(self, holds_handlers: bool):
+    def __init__(self, holds_handlers: bool, reason: Optional[str] = None):
         self._holds_handlers = holds_handlers
+        self._reason = reason
 
     @property
     def holds_handlers(self) -> bool:
         """Whether this lease holds (and has not yet released) Composer's installed handlers."""
         return self._holds_handlers
+
+    @property
+    def reason(self) -> Optional[str]:
+        """Why this lease holds no handlers (``None`` if it holds them or was released)."""
+        return self._reason
 
     def release(self) -> None:
         """Release this lease. When it is the last one, restore the handlers Composer replaced."""
@@ -111,6 +172,7 @@ class SignalHandlerLease:
             _holders -= 1
             if _holders == 0:
                 _restore_locked()
+                _forget_signals()
 
     def __repr__(self) -> str:
         return f'SignalHandlerLease(holds_handlers={self._holds_handlers})'
@@ -169,27 +231,28 @@ def acquire_signal_handlers(enable_signal_handling: Optional[bool] = None) -> Si
     global _holders
     enabled = resolve_signal_handling(enable_signal_handling)
     if enabled is False:
-        return SignalHandlerLease(holds_handlers=False)
+        return SignalHandlerLease(holds_handlers=False, reason=DISABLED_REASON)
     if enabled is None:
         owner = _framework_owning_signals()
         if owner is not None:
             _inform_once(owner)
-            return SignalHandlerLease(holds_handlers=False)
+            return SignalHandlerLease(holds_handlers=False, reason=owner)
     thread = threading.current_thread()
     if thread is not threading.main_thread():
         # Python only lets the main thread change signal handlers, so only engines created there hold them: their
         # release can restore the handlers, whatever other threads do meanwhile.
-        _warn_once(
+        reason = (
             f'signal handlers can only be installed from the main thread, and this Trainer/Engine was created '
-            f'on thread {thread.name!r}',
+            f'on thread {thread.name!r}'
         )
-        return SignalHandlerLease(holds_handlers=False)
+        _warn_once(reason)
+        return SignalHandlerLease(holds_handlers=False, reason=reason)
     with _lock:
         if not _installed:
             error = _install_locked()
             if error is not None:
                 _warn_once(error)
-                return SignalHandlerLease(holds_handlers=False)
+                return SignalHandlerLease(holds_handlers=False, reason=error)
         _holders += 1
         return SignalHandlerLease(holds_handlers=True)
 
@@ -284,10 +347,12 @@ def _warn_once(reason: str) -> None:
         _warned = True
     log.warning(
         'Composer could not install its SIGTERM/SIGINT handlers: %s. Training continues, but if this process receives '
-        'SIGTERM, the engine will not close cleanly: checkpoints and loggers may not be flushed. To fix this, create '
-        'the Trainer on the main thread; otherwise call trainer.close() in a `finally` block and handle SIGTERM '
-        'yourself. To opt out and silence this warning, pass enable_signal_handling=False to the Trainer or set '
-        '%s=0. This warning is logged once per process.',
+        'SIGTERM, the engine will not close cleanly: checkpoints and loggers may not be flushed, and '
+        'save_on_preemption cannot react to it. To fix this, create the Trainer on the main thread; otherwise handle '
+        'SIGTERM yourself: call trainer.request_stop() (from any thread, or from your own signal handler) to stop '
+        'every rank after the current batch and save a checkpoint, and call trainer.close() in a `finally` block. '
+        'To opt out and silence this warning, pass enable_signal_handling=False to the Trainer or set %s=0. This '
+        'warning is logged once per process.',
         reason,
         SIGNAL_HANDLING_ENV_VAR,
     )
@@ -300,9 +365,203 @@ def _inform_once(reason: str) -> None:
             return
         _informed = True
     log.info(
-        'Composer left SIGTERM/SIGINT handling alone because %s. Call trainer.close() in a `finally` block to '
-        'flush checkpoints and loggers; pass enable_signal_handling=True or set %s=1 to install Composer\'s '
-        'handlers anyway.',
+        'Composer left SIGTERM/SIGINT handling alone because %s. Call trainer.request_stop() to stop training after '
+        'the current batch (with a checkpoint), and trainer.close() in a `finally` block to flush checkpoints and '
+        'loggers; pass enable_signal_handling=True or set %s=1 to install Composer\'s handlers anyway.',
         reason,
         SIGNAL_HANDLING_ENV_VAR,
+    )
+
+
+class StopRequest:
+    """A request to stop training after the batch in flight, agreed by all ranks (see :meth:`.Trainer.request_stop`).
+
+    :meth:`request` may be called from any thread and from a signal handler: it only assigns attributes, so it never
+    waits for a lock that the interrupted thread could hold. The training loop sends :meth:`votes` with the number of
+    samples and tokens that it already all-reduces after every batch, and records the sums with :meth:`tally`, so every
+    rank learns of a stop requested on any rank after the same batch, without an extra collective.
+    """
+
+    def __init__(self) -> None:
+        self._requested = False
+        self._signum: Optional[int] = None
+        self._ranks_requesting = 0
+        self._ranks_preempted = 0
+
+    def request(self, signum: Optional[int] = None) -> None:
+        """Ask the training loop to stop after the batch in flight.
+
+        Args:
+            signum (int, optional): The signal that preempts this process, if any. The trainer then raises
+                ``SystemExit(128 + signum)`` once the checkpoint is written. (default: ``None``)
+        """
+        if signum is not None:
+            self._signum = signum
+        self._requested = True
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop was requested on this rank."""
+        return self._requested
+
+    @property
+    def signum(self) -> Optional[int]:
+        """The signal that preempted this rank, if any."""
+        return self._signum
+
+    def votes(self) -> tuple[int, int]:
+        """This rank's votes: whether it requests a stop, and whether a signal preempted it (each 0 or 1)."""
+        return int(self._requested), int(self._signum is not None)
+
+    def tally(self, ranks_requesting: int, ranks_preempted: int) -> None:
+        """Record the sums of :meth:`votes` over all ranks, as all-reduced after a training batch."""
+        self._ranks_requesting = ranks_requesting
+        self._ranks_preempted = ranks_preempted
+
+    def should_stop(self, world_size: int) -> bool:
+        """Whether training stops after the current batch.
+
+        With several ranks, only the tally counts, so that all ranks decide alike. A single process also stops for a
+        request made after the last tally (for example during the batch's evaluation).
+
+        Args:
+            world_size (int): The number of ranks.
+        """
+        return self._ranks_requesting > 0 or (world_size == 1 and self._requested)
+
+    @property
+    def preempted(self) -> bool:
+        """Whether a signal preempted this rank or, as tallied, any other rank."""
+        return self._signum is not None or self._ranks_preempted > 0
+
+    @property
+    def exit_code(self) -> int:
+        """The exit code of a preempted rank: ``128 + signum`` (143 for ``SIGTERM``, also when another rank got it)."""
+        return 128 + (self._signum if self._signum is not None else signal.SIGTERM)
+
+    def reset(self) -> None:
+        """Forget the request and the tally (at the end of ``fit()``)."""
+        self._requested = False
+        self._signum = None
+        self._ranks_requesting = 0
+        self._ranks_preempted = 0
+
+    def __repr__(self) -> str:
+        return (
+            f'StopRequest(requested={self._requested}, signum={self._signum}, '
+            f'ranks_requesting={self._ranks_requesting}, ranks_preempted={self._ranks_preempted})'
+        )
+
+
+def handle_preemption(
+    lease: Optional[SignalHandlerLease],
+    stop_request: StopRequest,
+    save_on_preemption: bool,
+) -> contextlib.AbstractContextManager:
+    """A context for one ``fit()``: while it is active, ``SIGTERM`` requests ``stop_request`` instead of exiting.
+
+    Only when ``save_on_preemption`` is set, ``lease`` holds Composer's handlers and ``SIGTERM``'s disposition before
+    them was the OS default (a handler of the user's or a framework's is called as before; it can call
+    :meth:`.Trainer.request_stop`). Entering the context also forgets an earlier signal that the process recovered
+    from (a caught ``KeyboardInterrupt`` or ``SystemExit``), so that only a signal received from now on arms the force
+    quit. Does nothing when ``lease`` holds no handlers.
+
+    Args:
+        lease (SignalHandlerLease, optional): The engine's lease.
+        stop_request (StopRequest): The trainer's stop request.
+        save_on_preemption (bool): Whether ``SIGTERM`` requests a stop (``Trainer(save_on_preemption=...)``).
+    """
+    if lease is None or not lease.holds_handlers:
+        return contextlib.nullcontext()
+    return _preemption_context(stop_request, save_on_preemption)
+
+
+@contextlib.contextmanager
+def _preemption_context(stop_request: StopRequest, save_on_preemption: bool):
+    global _preemption_targets
+    with _lock:
+        _forget_signals()
+        if save_on_preemption:
+            _preemption_targets = (*_preemption_targets, stop_request)
+    try:
+        yield
+    finally:
+        with _lock:
+            if save_on_preemption:
+                _preemption_targets = tuple(target for target in _preemption_targets if target is not stop_request)
+
+
+def _forget_signals() -> None:
+    """Disarm the force quit: the process goes on (a new ``fit()`` starts, or the handlers were restored)."""
+    global _exit_pending, _signal_received, _first_signal
+    _exit_pending = False
+    _signal_received = False
+    _first_signal = (0.0, 0)
+
+
+def exit_after_preemption() -> None:
+    """Prepare this process to exit after a preemption stop: the trainer closes and raises ``SystemExit`` next.
+
+    Composer's handlers stay installed until the interpreter exits (on the main thread, where they are installed),
+    and any ``SIGTERM`` or ``SIGINT`` from now on ends the process at once with ``128 + signum``: for example the
+    ``SIGTERM`` that the ``composer`` launcher sends to the ranks still running when the first rank exits. Without
+    this, the engine's close would restore the OS default, and such a signal would kill the rank instead of letting
+    it report 143.
+    """
+    global _exit_pending, _holders
+    with _lock:
+        _exit_pending = True
+        if _installed and threading.current_thread() is threading.main_thread():
+            _holders += 1  # never released: restored at interpreter exit
+
+
+def _force_quit(signum: int) -> None:
+    """End the process now, with the exit code of a death by ``signum``: the second signal while stopping."""
+    code = 128 + signum
+    message = (
+        f'Composer: received {signal.Signals(signum).name} again while stopping; exiting at once with code {code}, '
+        'without waiting for the engine to close.\n'
+    )
+    try:
+        os.write(2, message.encode())
+    except OSError:
+        pass
+    os._exit(code)
+
+
+def engine_closing(close: _F) -> _F:
+    """Mark the time spent in ``close`` (the :class:`.Engine`'s shutdown) as closing, for the force quit.
+
+    A second ``SIGTERM`` or ``SIGINT`` that arrives while an engine closes after a first signal ends the process at
+    once, with exit code ``128 + signum``, instead of waiting for slow callbacks or uploads.
+    """
+
+    @functools.wraps(close)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        global _closing_engines
+        with _lock:
+            _closing_engines += 1
+        try:
+            return close(*args, **kwargs)
+        finally:
+            with _lock:
+                _closing_engines -= 1
+
+    return wrapper  # type: ignore[return-value]
+
+
+def warn_preemption_unavailable(lease: Optional[SignalHandlerLease]) -> None:
+    """Say that ``save_on_preemption`` will not react to ``SIGTERM`` in this process, and what will.
+
+    Logged for every trainer with ``save_on_preemption=True`` whose engine holds no signal handlers: at INFO when the
+    user disabled signal handling, otherwise as a warning.
+    """
+    reason = (lease.reason if lease is not None else None) or 'Composer does not hold the signal handlers'
+    level = logging.INFO if reason == DISABLED_REASON else logging.WARNING
+    log.log(
+        level,
+        'save_on_preemption=True, but SIGTERM will not trigger it in this process: %s. Call trainer.request_stop() '
+        'instead (from any thread, or from the signal handler of the framework or code that owns SIGTERM here): '
+        'every rank stops after the batch in flight and saves a checkpoint of it.',
+        reason,
     )

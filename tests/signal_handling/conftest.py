@@ -7,11 +7,14 @@ Every test runs its scenario in a fresh Python subprocess with a timeout: signal
 they must not leak into (or from) the test runner, and nothing may hang.
 """
 
+import glob
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -118,26 +121,44 @@ def _env(extra: Optional[dict[str, str]]) -> dict[str, str]:
     return env
 
 
+def _run_scenario_in(
+    directory: Path,
+    code: str,
+    env: Optional[dict[str, str]] = None,
+    timeout: float = 180,
+) -> Scenario:
+    script = _write_script(directory / 'scenario.py', code)
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script)],
+            env=_env(env),
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f'scenario timed out after {timeout} s\nstdout: {e.stdout}\nstderr: {e.stderr}')
+    return Scenario(proc)
+
+
 @pytest.fixture
 def run_scenario(tmp_path) -> Callable[..., Scenario]:
     """Run ``code`` (after :data:`PRELUDE`) in a fresh interpreter; fail the test if it exceeds ``timeout`` s."""
 
     def run(code: str, env: Optional[dict[str, str]] = None, timeout: float = 180) -> Scenario:
-        script = _write_script(tmp_path / 'scenario.py', code)
-        try:
-            proc = subprocess.run(
-                [sys.executable, str(script)],
-                env=_env(env),
-                cwd=tmp_path,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired as e:
-            pytest.fail(f'scenario timed out after {timeout} s\nstdout: {e.stdout}\nstderr: {e.stderr}')
-        return Scenario(proc)
+        return _run_scenario_in(tmp_path, code, env=env, timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope='module')
+def run_scenario_in() -> Callable[..., Scenario]:
+    """``run_scenario_in(directory, code, env=None, timeout=180)``: :func:`run_scenario` in a given directory.
+
+    Module-scoped, for fixtures shared by several tests (e.g. an uninterrupted reference run).
+    """
+    return _run_scenario_in
 
 
 @pytest.fixture
@@ -187,3 +208,80 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.communicate(timeout=30)
+
+
+def _wait_for_files(pattern: str, count: int, proc: subprocess.Popen, timeout: float = 120.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(glob.glob(pattern))
+        if len(found) >= count:
+            return found
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f'process exited early with {proc.returncode}\nstdout: {out}\nstderr: {err}')
+        time.sleep(0.05)
+    proc.kill()
+    out, err = proc.communicate()
+    pytest.fail(f'timed out waiting for {pattern}\nstdout: {out}\nstderr: {err}')
+
+
+@pytest.fixture
+def wait_for_files() -> Callable[..., list[str]]:
+    """``wait_for_files(pattern, count, proc, timeout=120)``: wait until ``count`` files match ``pattern``.
+
+    Fails the test if ``proc`` exits first or time runs out.
+    """
+    return _wait_for_files
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def composer_launcher(tmp_path) -> Callable[..., list[str]]:
+    """``composer_launcher(nproc=2)``: the ``composer`` launcher with CPU ranks, each rank's output in ``tmp_path``."""
+
+    def command(nproc: int = 2) -> list[str]:
+        return [
+            os.path.join(os.path.dirname(sys.executable), 'composer'),
+            '-n',
+            str(nproc),
+            '--master_addr',
+            '127.0.0.1',
+            '--master_port',
+            str(_free_port()),
+            '--stdout',
+            str(tmp_path / 'rank{rank}.stdout'),
+            '--stderr',
+            str(tmp_path / 'rank{rank}.stderr'),
+        ]
+
+    return command
+
+
+@pytest.fixture
+def torchrun() -> Callable[..., list[str]]:
+    """``torchrun(nproc=2)``: ``torchrun`` with CPU ranks on localhost."""
+
+    def command(nproc: int = 2) -> list[str]:
+        return [
+            os.path.join(os.path.dirname(sys.executable), 'torchrun'),
+            f'--nproc_per_node={nproc}',
+            '--master_addr=127.0.0.1',
+            f'--master_port={_free_port()}',
+        ]
+
+    return command
+
+
+@pytest.fixture
+def rank_logs(tmp_path) -> Callable[[], str]:
+    """``rank_logs()``: the ranks' output files written by :func:`composer_launcher`, for failure messages."""
+
+    def read() -> str:
+        return '\n'.join(f'{p.name}:\n{p.read_text()}' for p in sorted(tmp_path.glob('rank*.std*')))
+
+    return read

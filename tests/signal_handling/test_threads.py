@@ -32,6 +32,7 @@ report(outcomes=outcomes, warnings=warnings_seen, unchanged=all(a is b for a, b 
         'enable_signal_handling=False',
         'COMPOSER_SIGNAL_HANDLING=0',
         'trainer.close()',
+        'trainer.request_stop()',
         'checkpoints',
     ):
         assert expected in message, message

@@ -1,0 +1,499 @@
+# Copyright 2022 MosaicML Composer authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Preemption that loses nothing: ``save_on_preemption`` and ``Trainer.request_stop()``.
+
+A SIGTERM during ``fit()`` lets the batch in flight finish, stops every rank after that same batch, checkpoints it and
+exits with 143; resuming from that checkpoint gives the same weights as a run that was never interrupted.
+``request_stop()`` does the same from any thread, without a signal, and ``fit()`` returns. A second signal while
+stopping or closing ends the process at once.
+"""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+#: A deterministic run (dropout, Adam, shuffling sampler: resumption must restore RNG, optimizer and sampler state),
+#: a callback that signals or pauses at chosen points and records what the tests check, and helpers. 64 samples in
+#: batches of 4: 16 batches per epoch in one process, 8 per rank with two ranks.
+RUN = """
+import time
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from composer import Callback, Trainer
+from composer.models import ComposerClassifier
+from composer.utils import dist
+
+RANK = os.environ.get('RANK', '0')
+logging.getLogger().addHandler(logging.StreamHandler())  # Composer's warnings on stderr
+
+def mark(name, value=''):
+    with open(f'{name}.rank{RANK}', 'a') as f:
+        f.write(f'{value}\\n')
+
+class Probe(Callback):
+    def __init__(self, signal_at=None, signal_rank='0', announce_at=None, pause=0.0, close_blocks=None):
+        self.signal_at = signal_at  # SIGTERM to this process inside that batch, after its backward pass
+        self.signal_rank = signal_rank
+        self.announce_at = announce_at  # write a `training` marker at the end of that batch, then pause
+        self.pause = pause
+        self.close_blocks = close_blocks  # None, 'sleep' or 'join': a close() that takes minutes
+
+    def after_backward(self, state, logger):
+        if int(state.timestamp.batch) == self.signal_at and RANK == self.signal_rank:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def batch_end(self, state, logger):
+        if int(state.timestamp.batch) == self.announce_at:
+            mark('training', os.getpid())
+            time.sleep(self.pause)  # the test signals now, while the batch's callbacks run
+
+    def fit_end(self, state, logger):
+        mark('fit_end', int(state.timestamp.batch))
+
+    def close(self, state, logger):
+        mark('close')
+        if self.close_blocks == 'sleep':
+            time.sleep(300)
+        elif self.close_blocks == 'join':  # like waiting for an upload thread
+            worker = threading.Thread(target=time.sleep, args=(300,), daemon=True)
+            worker.start()
+            worker.join()
+
+    def post_close(self):
+        mark('post_close')
+
+def make_run(save_folder='checkpoints', probe=None, **kwargs):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2))
+    model = ComposerClassifier(net, num_classes=2)
+    generator = torch.Generator().manual_seed(1)
+    dataset = TensorDataset(torch.randn(64, 4, generator=generator), torch.randint(0, 2, (64,), generator=generator))
+    dataloader = DataLoader(dataset, batch_size=4, sampler=dist.get_sampler(dataset, shuffle=True))
+    kwargs.setdefault('max_duration', '2ep')
+    kwargs.setdefault('save_interval', '1000ep')  # far in the future: only a stop checkpoints mid-run
+    return Trainer(
+        model=model,
+        train_dataloader=dataloader,
+        optimizers=torch.optim.Adam(model.parameters(), lr=0.01),
+        device='cpu',
+        progress_bar=False,
+        seed=42,
+        save_folder=save_folder,
+        callbacks=[probe or Probe()],
+        **kwargs,
+    )
+
+def fit_and_record(trainer, tag):
+    # How fit() ended (it returned, or SystemExit's code), and rank 0's final weights.
+    try:
+        trainer.fit()
+    except SystemExit as e:
+        mark('exit', e.code)
+        raise
+    mark('exit', 'returned')
+    if RANK == '0':
+        torch.save(trainer.state.model.state_dict(), f'weights_{tag}.pt')
+"""
+
+
+def _marks(directory: Path, name: str) -> dict[str, list[str]]:
+    """The values recorded by ``mark(name, ...)``, per rank."""
+    return {p.name.rsplit('.', 1)[1]: p.read_text().split('\n')[:-1] for p in sorted(directory.glob(f'{name}.rank*'))}
+
+
+def _checkpoints(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def _checkpoint_batch(path: Path) -> int:
+    state = torch.load(path, map_location='cpu', weights_only=False)
+    return int(state['state']['timestamp']['Timestamp']['batch'])
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    first, second = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    assert first.keys() == second.keys()
+    different = [name for name in first if not torch.equal(first[name], second[name])]
+    assert different == [], f'parameters differ from the uninterrupted run: {different}'
+
+
+def _finish(proc, timeout: float = 120) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout)
+    except Exception:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f'did not exit within {timeout} s\nstdout: {out}\nstderr: {err}')
+
+
+@pytest.fixture(scope='module')
+def reference_weights(tmp_path_factory, run_scenario_in) -> Path:
+    """Final weights of the same run, never interrupted (one process)."""
+    directory = tmp_path_factory.mktemp('reference')
+    scenario = run_scenario_in(directory, RUN + "fit_and_record(make_run(), 'reference')\n", timeout=300)
+    assert scenario.returncode == 0, scenario
+    return directory / 'weights_reference.pt'
+
+
+@pytest.mark.parametrize('moment', ['inside the batch', 'during its callbacks'])
+def test_sigterm_mid_fit_checkpoints_the_batch_in_flight_and_exits_143(
+    start_scenario,
+    wait_for_files,
+    tmp_path,
+    moment,
+):
+    if moment == 'inside the batch':
+        # SIGTERM after batch 6's backward pass: its optimizer step, callbacks and the checkpoint follow.
+        probe, expected_batch = 'Probe(signal_at=5)', 6
+    else:
+        # SIGTERM from outside while batch 4's BATCH_END callbacks run.
+        probe, expected_batch = 'Probe(announce_at=4, pause=3)', 4
+    proc = start_scenario(RUN + f"fit_and_record(make_run(probe={probe}, save_on_preemption=True), 'stopped')\n")
+    if moment == 'during its callbacks':
+        wait_for_files(str(tmp_path / 'training.rank0'), 1, proc)
+        proc.send_signal(signal.SIGTERM)
+    out, err = _finish(proc)
+    assert proc.returncode == 143, err
+    # Exactly one checkpoint, of the batch in flight, through the normal checkpointing (name pattern, latest symlink).
+    expected = f'ep0-ba{expected_batch}-rank0.pt'
+    assert _checkpoints(tmp_path / 'checkpoints') == [expected, 'latest-rank0.pt'], err
+    assert os.readlink(tmp_path / 'checkpoints' / 'latest-rank0.pt') == expected
+    assert _checkpoint_batch(tmp_path / 'checkpoints' / expected) == expected_batch
+    # fit() raised SystemExit(143) after FIT_END and after the engine closed (callbacks' close and post_close).
+    assert _marks(tmp_path, 'exit') == {'rank0': ['143']}
+    assert _marks(tmp_path, 'fit_end') == {'rank0': [str(expected_batch)]}
+    assert 'close.rank0' in os.listdir(tmp_path) and 'post_close.rank0' in os.listdir(tmp_path)
+    assert f'Preempted (SIGTERM): training stopped after batch {expected_batch}' in err
+
+
+@pytest.mark.parametrize(
+    'signal_at,resume',
+    [(5, 'load_path'), (5, 'autoresume'), (15, 'load_path')],
+    ids=['mid-epoch, load_path', 'mid-epoch, autoresume', 'last batch of an epoch, load_path'],
+)
+def test_resume_after_preemption_equals_the_uninterrupted_run(
+    start_scenario,
+    tmp_path,
+    reference_weights,
+    signal_at,
+    resume,
+):
+    resume_kwargs = "load_path='checkpoints/latest-rank0.pt'" if resume == 'load_path' else 'autoresume=True'
+    proc = start_scenario(
+        RUN + f"fit_and_record(make_run(probe=Probe(signal_at={signal_at}), save_on_preemption=True, "
+        "run_name='job'), 'stopped')\n",
+    )
+    out, err = _finish(proc)
+    assert proc.returncode == 143, err
+    checkpoints = _checkpoints(tmp_path / 'checkpoints')
+    assert len(checkpoints) == 2, checkpoints  # the preemption checkpoint and its latest symlink
+    assert _checkpoint_batch(tmp_path / 'checkpoints' / 'latest-rank0.pt') == signal_at + 1
+
+    proc = start_scenario(RUN + f"fit_and_record(make_run(run_name='job', {resume_kwargs}), 'resumed')\n")
+    out, err = _finish(proc)
+    assert proc.returncode == 0, err
+    assert _marks(tmp_path, 'fit_end')['rank0'][-1] == '32'  # the original max_duration: 2 epochs of 16 batches
+    _assert_same_weights(reference_weights, tmp_path / 'weights_resumed.pt')
+
+
+def test_request_stop_from_another_thread_returns_with_a_checkpoint(run_scenario, tmp_path):
+    scenario = run_scenario(
+        RUN + """
+at_batch_4 = threading.Event()
+requested = threading.Event()
+
+class Pause(Callback):
+    def batch_end(self, state, logger):
+        if int(state.timestamp.batch) == 4:
+            at_batch_4.set()
+            requested.wait(60)  # the other thread requests the stop while batch 4's callbacks run
+
+trainer = make_run(probe=Probe())
+trainer.state.callbacks.append(Pause())
+
+def controller():
+    at_batch_4.wait(60)
+    trainer.request_stop()
+    requested.set()
+
+thread = threading.Thread(target=controller)
+thread.start()
+fit_and_record(trainer, 'stopped')
+thread.join()
+stopped_at = int(trainer.state.timestamp.batch)
+max_duration = str(trainer.state.max_duration)
+trainer.fit()  # the request was used up: the next fit() trains to the end
+report(stopped_at=stopped_at, max_duration=max_duration, finished_at=int(trainer.state.timestamp.batch),
+       closed=os.path.exists('close.rank0'))
+trainer.close()
+""",
+    )
+    assert scenario.returncode == 0, scenario
+    assert scenario.results == {'stopped_at': 4, 'max_duration': '2ep', 'finished_at': 32, 'closed': False}
+    assert _marks(tmp_path, 'exit') == {'rank0': ['returned']}
+    assert _checkpoints(tmp_path / 'checkpoints') == ['ep0-ba4-rank0.pt', 'ep2-ba32-rank0.pt', 'latest-rank0.pt']
+
+
+def test_request_stop_without_save_folder_says_no_checkpoint(run_scenario):
+    scenario = run_scenario(
+        RUN + """
+messages = []
+
+class Collect(logging.Handler):
+    def emit(self, record):
+        messages.append(record.getMessage())
+
+logging.getLogger('composer').addHandler(Collect())
+trainer = make_run(save_folder=None, max_duration='2ba')
+trainer.request_stop()  # before fit(): the next fit() stops as soon as it can
+trainer.fit()
+report(batch=int(trainer.state.timestamp.batch), messages=[m for m in messages if 'without a checkpoint' in m])
+""",
+    )
+    assert scenario.returncode == 0, scenario
+    assert scenario.results['batch'] == 0
+    assert len(scenario.results['messages']) == 1
+    assert 'save_folder' in scenario.results['messages'][0]
+
+
+def test_trainer_on_worker_thread_is_stopped_by_the_main_threads_handler(start_scenario, wait_for_files, tmp_path):
+    """The documented way in where Composer cannot install handlers: the main thread's handler calls request_stop."""
+    proc = start_scenario(
+        RUN + """
+box = {}
+
+def worker():
+    box['trainer'] = make_run(probe=Probe(announce_at=3, pause=3), save_on_preemption=True)
+    fit_and_record(box['trainer'], 'stopped')
+    box['batch'] = int(box['trainer'].state.timestamp.batch)
+    box['trainer'].close()
+
+signal.signal(signal.SIGTERM, lambda signum, frame: box['trainer'].request_stop())
+errors = run_in_thread(worker)
+report(errors=errors, batch=box.get('batch'), warnings=warnings_seen)
+""",
+    )
+    wait_for_files(str(tmp_path / 'training.rank0'), 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = _finish(proc)
+    assert proc.returncode == 0, err
+    results = [line for line in out.splitlines() if line.startswith('RESULT ')]
+    assert results, (out, err)
+    values = json.loads(results[-1][len('RESULT '):])
+    assert values['errors'] == [] and values['batch'] == 3, values
+    assert _checkpoints(tmp_path / 'checkpoints') == ['ep0-ba3-rank0.pt', 'latest-rank0.pt']
+    # One warning from the engine (no handlers on a worker thread), one for save_on_preemption; both name the remedy.
+    generic, preemption = sorted(values['warnings'], key=lambda m: m.startswith('save_on_preemption'))
+    assert 'trainer.request_stop()' in generic and 'main thread' in generic
+    assert preemption.startswith('save_on_preemption=True, but SIGTERM will not trigger it in this process')
+    assert 'trainer.request_stop()' in preemption
+
+
+def test_composer_launcher_sigterm_to_one_rank_stops_every_rank_at_the_same_batch(
+    start_scenario,
+    wait_for_files,
+    composer_launcher,
+    rank_logs,
+    tmp_path,
+):
+    """Only rank 1's process gets SIGTERM; both ranks stop after the same batch, checkpoint it and exit 143."""
+    proc = start_scenario(
+        RUN + "fit_and_record(make_run(probe=Probe(announce_at=3, pause=0.2), save_on_preemption=True), 'stopped')\n",
+        launcher=composer_launcher(),
+    )
+    wait_for_files(str(tmp_path / 'training.rank*'), 2, proc, timeout=240)
+    rank1_pid = int((tmp_path / 'training.rank1').read_text())
+    os.kill(rank1_pid, signal.SIGTERM)
+    out, err = _finish(proc)
+    logs = rank_logs() + err
+    assert proc.returncode == 143, logs
+    assert _marks(tmp_path, 'exit') == {'rank0': ['143'], 'rank1': ['143']}, logs
+    stopped = _marks(tmp_path, 'fit_end')
+    assert stopped['rank0'] == stopped['rank1'], logs  # the same batch on every rank
+    batch = int(stopped['rank0'][0])
+    assert batch < 16, logs  # stopped early: 2 epochs of 8 batches per rank
+    assert _checkpoints(tmp_path / 'checkpoints') == [f'ep0-ba{batch}-rank0.pt', 'latest-rank0.pt'], logs
+    assert set(_marks(tmp_path, 'close')) == {'rank0', 'rank1'}
+    assert set(_marks(tmp_path, 'post_close')) == {'rank0', 'rank1'}
+
+    # Resuming on two ranks gives the weights of an uninterrupted two-rank run.
+    resumed = start_scenario(
+        RUN + "fit_and_record(make_run(load_path='checkpoints/latest-rank0.pt'), 'resumed')\n",
+        launcher=composer_launcher(),
+    )
+    out, err = _finish(resumed, timeout=240)
+    assert resumed.returncode == 0, rank_logs() + err
+    reference = start_scenario(
+        RUN + "fit_and_record(make_run(save_folder=None), 'reference')\n",
+        launcher=composer_launcher(),
+    )
+    out, err = _finish(reference, timeout=240)
+    assert reference.returncode == 0, rank_logs() + err
+    _assert_same_weights(tmp_path / 'weights_reference.pt', tmp_path / 'weights_resumed.pt')
+
+
+def test_torchrun_agent_sigterm_stops_every_rank_at_the_same_batch(
+    start_scenario,
+    wait_for_files,
+    torchrun,
+    tmp_path,
+):
+    """SIGTERM to the torchrun agent, which forwards it to its workers: all stop at one batch, checkpoint, exit 143."""
+    proc = start_scenario(
+        RUN + "fit_and_record(make_run(probe=Probe(announce_at=3, pause=0.2), save_on_preemption=True), 'stopped')\n",
+        launcher=torchrun(),
+    )
+    wait_for_files(str(tmp_path / 'training.rank*'), 2, proc, timeout=240)
+    proc.send_signal(signal.SIGTERM)
+    out, err = _finish(proc)
+    assert proc.returncode != 0  # torchrun reports its own SignalException
+    assert _marks(tmp_path, 'exit') == {'rank0': ['143'], 'rank1': ['143']}, err
+    stopped = _marks(tmp_path, 'fit_end')
+    assert stopped['rank0'] == stopped['rank1'], err
+    batch = int(stopped['rank0'][0])
+    assert _checkpoints(tmp_path / 'checkpoints') == [f'ep0-ba{batch}-rank0.pt', 'latest-rank0.pt'], err
+    assert _checkpoint_batch(tmp_path / 'checkpoints' / 'latest-rank0.pt') == batch
+
+
+@pytest.mark.parametrize('save_on_preemption', [True, False])
+@pytest.mark.parametrize(
+    'second,blocked_in',
+    [
+        (signal.SIGTERM, 'sleep'),
+        (signal.SIGINT, 'sleep'),
+        (signal.SIGTERM, 'join'),
+    ],
+)
+def test_second_signal_during_a_blocking_close_ends_the_process_at_once(
+    start_scenario,
+    wait_for_files,
+    tmp_path,
+    save_on_preemption,
+    second,
+    blocked_in,
+):
+    proc = start_scenario(
+        RUN + f"""
+trainer = make_run(probe=Probe(announce_at=3, pause=2, close_blocks={blocked_in!r}),
+                   save_on_preemption={save_on_preemption})
+fit_and_record(trainer, 'stopped')
+""",
+    )
+    wait_for_files(str(tmp_path / 'training.rank0'), 1, proc)
+    first_sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    wait_for_files(str(tmp_path / 'close.rank0'), 1, proc)  # the engine is closing, its close() blocks for minutes
+    time.sleep(max(0.0, first_sent + 0.5 - time.monotonic()))  # a later signal, not the first delivered twice
+    second_sent = time.monotonic()
+    proc.send_signal(second)
+    out, err = _finish(proc, timeout=60)
+    elapsed = time.monotonic() - second_sent
+    assert proc.returncode == 128 + second, err
+    assert f'received {signal.Signals(second).name} again while stopping' in err
+    assert elapsed < 30, elapsed  # not the 300 s that close() would have taken
+    assert 'post_close.rank0' not in os.listdir(tmp_path)
+    expected = ['ep0-ba3-rank0.pt', 'latest-rank0.pt'] if save_on_preemption else []
+    assert _checkpoints(tmp_path / 'checkpoints') == expected
+
+
+@pytest.mark.parametrize('moment', ['before fit', 'after fit'])
+def test_sigterm_outside_fit_exits_143_promptly(start_scenario, wait_for_files, tmp_path, moment):
+    proc = start_scenario(
+        RUN + f"""
+trainer = make_run(save_on_preemption=True, max_duration='2ba')
+if {moment == 'after fit'}:
+    trainer.fit()
+mark('training', os.getpid())
+time.sleep(300)
+""",
+    )
+    wait_for_files(str(tmp_path / 'training.rank0'), 1, proc)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = _finish(proc, timeout=60)
+    assert proc.returncode == 143, err
+    assert time.monotonic() - sent < 30
+    expected = ['ep0-ba2-rank0.pt', 'latest-rank0.pt'] if moment == 'after fit' else []
+    assert _checkpoints(tmp_path / 'checkpoints') == expected  # nothing saved by the signal itself
+
+
+def test_sigint_keeps_raising_keyboard_interrupt_with_save_on_preemption(start_scenario, wait_for_files, tmp_path):
+    proc = start_scenario(
+        RUN + "fit_and_record(make_run(probe=Probe(announce_at=3, pause=3), save_on_preemption=True), "
+        "'stopped')\n",
+    )
+    wait_for_files(str(tmp_path / 'training.rank0'), 1, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = _finish(proc)
+    assert 'KeyboardInterrupt' in err
+    assert proc.returncode != 0
+    assert _checkpoints(tmp_path / 'checkpoints') == []
+
+
+def test_save_on_preemption_argument_is_validated_at_construction(run_scenario):
+    scenario = run_scenario(
+        RUN + """
+from composer.callbacks import CheckpointSaver
+
+outcomes = {}
+for name, kwargs in {
+    'no save_folder': dict(save_folder=None, save_on_preemption=True),
+    'a CheckpointSaver callback': dict(save_folder=None, save_on_preemption=True),
+    'not a bool': dict(save_on_preemption='yes'),
+    'an int': dict(save_on_preemption=1),
+}.items():
+    try:
+        trainer = make_run(**kwargs) if name != 'a CheckpointSaver callback' else make_run(
+            probe=CheckpointSaver(folder='saver'), **kwargs)
+        trainer.close()
+        outcomes[name] = 'ok'
+    except (TypeError, ValueError) as e:
+        outcomes[name] = f'{type(e).__name__}: {e}'
+report(**outcomes)
+""",
+    )
+    assert scenario.returncode == 0, scenario
+    results = scenario.results
+    assert results['no save_folder'].startswith('ValueError: save_on_preemption=True')
+    assert 'save_folder' in results['no save_folder']
+    assert results['a CheckpointSaver callback'] == 'ok'
+    assert results['not a bool'].startswith("TypeError: save_on_preemption must be True or False, but got 'yes'")
+    assert results['an int'].startswith('TypeError: save_on_preemption must be True or False, but got 1')
+
+
+def test_stop_votes_add_no_collective(run_scenario):
+    """The votes travel in the all-reduce of samples and tokens: the same collectives with and without the feature."""
+    scenario = run_scenario(
+        RUN + """
+from composer.utils import dist as composer_dist
+
+counts = {}
+for name in ('all_reduce', 'broadcast', 'all_gather', 'all_gather_object', 'broadcast_object_list', 'barrier'):
+    original = getattr(composer_dist, name)
+
+    def counted(*args, _name=name, _original=original, **kwargs):
+        counts[_name] = counts.get(_name, 0) + 1
+        return _original(*args, **kwargs)
+
+    setattr(composer_dist, name, counted)
+
+per_mode = {}
+for mode in (False, True):
+    trainer = make_run(save_folder=f'checkpoints_{mode}', save_on_preemption=mode, max_duration='6ba')
+    counts.clear()
+    trainer.fit()
+    per_mode[str(mode)] = dict(counts)
+    trainer.close()
+report(**per_mode)
+""",
+    )
+    assert scenario.returncode == 0, scenario
+    without, with_feature = scenario.results['False'], scenario.results['True']
+    assert without == with_feature, scenario.results
+    assert without['all_reduce'] >= 6  # counted: at least the samples-and-tokens all-reduce of each of the 6 batches
