@@ -197,3 +197,54 @@ trainer.fit()
     )
     assert scenario.returncode == 0, scenario
     assert scenario.results == {'events': ['closed with handlers installed', 'restored']}
+
+
+def test_callbacks_close_once_after_trainer_close_and_interpreter_exit(run_scenario, tmp_path):
+    """trainer.close() unregisters the engine's exit hook: close() and post_close() do not run again at exit."""
+    scenario = run_scenario(
+        """
+from composer import Callback
+
+class Count(Callback):
+    def close(self, state, logger):
+        with open('closes', 'a') as f:
+            f.write('close\\n')
+
+    def post_close(self):
+        with open('closes', 'a') as f:
+            f.write('post_close\\n')
+
+trainer = make_trainer(callbacks=[Count()])
+trainer.fit()
+trainer.close()
+""",
+    )
+    assert scenario.returncode == 0, scenario
+    assert (tmp_path / 'closes').read_text().split() == ['close', 'post_close']
+
+
+def test_collecting_one_engine_keeps_the_exit_hooks_of_the_others(run_scenario, tmp_path):
+    """Garbage-collecting a closed trainer must not unregister the exit hook of another, still open, trainer."""
+    scenario = run_scenario(
+        """
+import gc
+from composer import Callback
+
+class Count(Callback):
+    def __init__(self, name):
+        self.name = name
+
+    def close(self, state, logger):
+        with open('closes', 'a') as f:
+            f.write(self.name + '\\n')
+
+first = make_trainer(callbacks=[Count('first')])
+second = make_trainer(callbacks=[Count('second')])
+first.close()
+del first
+gc.collect()
+# `second` is left open: it must still close at interpreter exit.
+""",
+    )
+    assert scenario.returncode == 0, scenario
+    assert (tmp_path / 'closes').read_text().split() == ['first', 'second']
