@@ -59,8 +59,11 @@ def launcher_command(nproc: int = 2) -> list[str]:
 
 def run_worker(path: Path, *args: str, timeout: float = 600, ranks: int = 1) -> dict:
     prefix = launcher_command(ranks) if ranks > 1 else [sys.executable]
+    env = env_for(path)
+    if ranks > 1:  # one intra-op thread per rank: ranks x threads beyond the cores only adds noise
+        env['OMP_NUM_THREADS'] = '1'
     proc = subprocess.run([*prefix, str(WORKER), *args],
-                          env=env_for(path),
+                          env=env,
                           capture_output=True,
                           text=True,
                           timeout=timeout,
@@ -270,7 +273,7 @@ def run(quick: bool) -> dict:
         'construct': 60,
         'fit': 8,
         'fit_batches': 300,
-        'ddp_fit': 5,
+        'ddp_fit': 8,
         'sigterm': 10,
         'preempt': 10,
         'acquire': 7,

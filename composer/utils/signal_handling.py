@@ -23,7 +23,11 @@ pending checkpoint uploads are flushed. This module owns all of that logic:
   without a signal, from any thread.
 * Force quit: a second ``SIGTERM`` or ``SIGINT`` while Composer is stopping (a stop requested by a signal, or the
   ``SystemExit`` that Composer raised), or while an engine closes after a first signal, ends the process at once with
-  exit code ``128 + signum`` (\"press Ctrl-C twice\"), even when the main thread is blocked in a slow ``close()``.
+  exit code ``128 + signum`` ("press Ctrl-C twice"), even when the main thread waits in a slow ``close()``. A repeat
+  of the first signal within :data:`DUPLICATE_SIGNAL_WINDOW` seconds is the same signal delivered twice.
+* Forked children (``os.fork``) inherit the handlers but never run the parent's shutdown or preemption path: there a
+  signal has the effect it would have without Composer. DataLoader workers of a trainer fitting with
+  ``save_on_preemption`` block ``SIGTERM`` (:func:`shield_dataloader_workers`): their parent stops them after saving.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import sys
 import threading
 import time
 from types import FrameType
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,7 @@ __all__ = [
     'exit_after_preemption',
     'handle_preemption',
     'resolve_signal_handling',
+    'shield_dataloader_workers',
     'warn_preemption_unavailable',
 ]
 
@@ -95,6 +100,9 @@ _first_signal: tuple[float, int] = (0.0, 0)
 #: launcher, ``torchrun``) reach a training process at nearly the same time.
 DUPLICATE_SIGNAL_WINDOW = 0.25
 
+# True in a child forked from a process that holds Composer's handlers (os.fork, multiprocessing's fork start method).
+_forked_child = False
+
 _F = TypeVar('_F', bound=Callable[..., Any])
 
 
@@ -115,6 +123,8 @@ class _ComposerSignalHandler:
         previous = self.previous
         if previous == signal.SIG_IGN:
             return None
+        if _forked_child:
+            return _handle_in_forked_child(previous, signum, frame)
         if _exit_pending or (_closing_engines > 0 and _signal_received):
             first_time, first_signum = _first_signal
             if signum == first_signum and time.monotonic() - first_time < DUPLICATE_SIGNAL_WINDOW:
@@ -457,6 +467,7 @@ def handle_preemption(
     lease: Optional[SignalHandlerLease],
     stop_request: StopRequest,
     save_on_preemption: bool,
+    dataloaders: Sequence[Any] = (),
 ) -> contextlib.AbstractContextManager:
     """A context for one ``fit()``: while it is active, ``SIGTERM`` requests ``stop_request`` instead of exiting.
 
@@ -470,21 +481,24 @@ def handle_preemption(
         lease (SignalHandlerLease, optional): The engine's lease.
         stop_request (StopRequest): The trainer's stop request.
         save_on_preemption (bool): Whether ``SIGTERM`` requests a stop (``Trainer(save_on_preemption=...)``).
+        dataloaders (Sequence): The dataloaders that this ``fit()`` may iterate: with ``save_on_preemption``, their
+            workers are shielded from ``SIGTERM`` (see :func:`shield_dataloader_workers`).
     """
     if lease is None or not lease.holds_handlers:
         return contextlib.nullcontext()
-    return _preemption_context(stop_request, save_on_preemption)
+    return _preemption_context(stop_request, save_on_preemption, dataloaders)
 
 
 @contextlib.contextmanager
-def _preemption_context(stop_request: StopRequest, save_on_preemption: bool):
+def _preemption_context(stop_request: StopRequest, save_on_preemption: bool, dataloaders: Sequence[Any]):
     global _preemption_targets
     with _lock:
         _forget_signals()
         if save_on_preemption:
             _preemption_targets = (*_preemption_targets, stop_request)
     try:
-        yield
+        with shield_dataloader_workers(dataloaders if save_on_preemption else ()):
+            yield
     finally:
         with _lock:
             if save_on_preemption:
@@ -565,3 +579,81 @@ def warn_preemption_unavailable(lease: Optional[SignalHandlerLease]) -> None:
         'every rank stops after the batch in flight and saves a checkpoint of it.',
         reason,
     )
+
+
+def _after_fork_in_child() -> None:
+    """Forget the parent's trainers and state in a forked child: it owns no engine, no stop and no lock holder."""
+    global _lock, _forked_child, _preemption_targets, _closing_engines
+    _lock = threading.RLock()  # another thread of the parent may have held it at the time of the fork
+    _forked_child = True
+    _preemption_targets = ()
+    _closing_engines = 0
+    _forget_signals()
+
+
+def _handle_in_forked_child(previous: _Handler, signum: int, frame: Optional[FrameType]) -> Any:
+    """What Composer's inherited handler does in a forked child: never the parent's shutdown or preemption path.
+
+    A forked child did not create the parent's trainers: exiting through Python there would run the inherited exit
+    hooks (the parent's engines would close, callbacks would flush and upload, from the child). Instead, a handler
+    that was installed before Composer's (the user's, Python's ``KeyboardInterrupt``) is called, and otherwise the
+    signal has its OS default effect: the child terminates at once, as it would without Composer. (DataLoader workers
+    never get here: PyTorch installs its own ``SIGTERM`` handler in them; see :func:`shield_dataloader_workers`.)
+    """
+    if callable(previous):
+        return previous(signum, frame)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    return None
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _SigtermShieldedWorkerInit:
+    """A DataLoader ``worker_init_fn`` that blocks ``SIGTERM`` in the worker, then calls the original one.
+
+    A module-level class, so that it pickles for the ``spawn`` and ``forkserver`` start methods.
+    """
+
+    def __init__(self, worker_init_fn: Optional[Callable[[int], None]]):
+        self.worker_init_fn = worker_init_fn
+
+    def __call__(self, worker_id: int) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        if self.worker_init_fn is not None:
+            self.worker_init_fn(worker_id)
+
+
+@contextlib.contextmanager
+def shield_dataloader_workers(dataloaders: Sequence[Any]):
+    """While active, the workers that these dataloaders start block ``SIGTERM``.
+
+    Schedulers such as SLURM signal every process of a job step, DataLoader workers included. PyTorch's workers die on
+    a ``SIGTERM`` that does not come from their parent, and the parent's DataLoader then raises (``DataLoader worker
+    ... is killed by signal``) in the middle of the batch that a preemption stop is about to save. With ``SIGTERM``
+    blocked, the workers keep serving; they exit as usual when the DataLoader shuts them down (at the latest when the
+    engine closes) or, as PyTorch's workers do, when their parent dies. Only ``torch.utils.data.DataLoader`` objects
+    with ``num_workers > 0`` are changed, through their public ``worker_init_fn``, which is restored on exit; workers
+    that are already running (``persistent_workers``) keep the mask they started with.
+
+    Args:
+        dataloaders (Sequence): Dataloaders, or anything else (ignored).
+    """
+    shielded = []
+    if hasattr(signal, 'pthread_sigmask') and 'torch' in sys.modules:
+        from torch.utils.data import DataLoader
+        for dataloader in dataloaders:
+            if isinstance(dataloader, DataLoader) and dataloader.num_workers > 0 and not isinstance(
+                dataloader.worker_init_fn,
+                _SigtermShieldedWorkerInit,
+            ):
+                original = dataloader.worker_init_fn
+                dataloader.worker_init_fn = _SigtermShieldedWorkerInit(original)
+                shielded.append((dataloader, original))
+    try:
+        yield
+    finally:
+        for dataloader, original in shielded:
+            dataloader.worker_init_fn = original

@@ -498,3 +498,72 @@ report(**per_mode)
     without, with_feature = scenario.results['False'], scenario.results['True']
     assert without == with_feature, scenario.results
     assert without['all_reduce'] >= 6  # counted: at least the samples-and-tokens all-reduce of each of the 6 batches
+
+
+def test_forked_child_gets_the_os_default_not_the_parents_shutdown(start_scenario, wait_for_files, tmp_path):
+    """os.fork() during a preemptible fit: SIGTERM kills the child as by default; no close, checkpoint or stop."""
+    proc = start_scenario(
+        RUN + """
+class Fork(Callback):
+    def batch_end(self, state, logger):
+        if int(state.timestamp.batch) == 2:
+            pid = os.fork()
+            if pid == 0:  # the child: announce, then wait to be signalled
+                mark('child', os.getpid())
+                time.sleep(300)
+                os._exit(0)
+            mark('forked', pid)
+            for _ in range(600):  # the parent waits for the child's end before it trains on
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                time.sleep(0.05)
+            mark('child_status', os.waitstatus_to_exitcode(status) if done else 'alive')
+
+trainer = make_run(probe=Probe(), save_on_preemption=True, max_duration='4ba')
+trainer.state.callbacks.append(Fork())
+fit_and_record(trainer, 'parent')
+trainer.close()
+""",
+    )
+    wait_for_files(str(tmp_path / 'child.rank0'), 1, proc)
+    child_pid = int((tmp_path / 'child.rank0').read_text())
+    os.kill(child_pid, signal.SIGTERM)
+    out, err = _finish(proc)
+    assert proc.returncode == 0, err
+    assert _marks(tmp_path, 'child_status') == {'rank0': [str(-signal.SIGTERM)]}, err  # killed by the signal
+    # The parent trained to the end undisturbed; the child closed nothing and saved nothing.
+    assert _marks(tmp_path, 'exit') == {'rank0': ['returned']}
+    assert _marks(tmp_path, 'close') == {'rank0': ['']}
+    assert _checkpoints(tmp_path / 'checkpoints') == ['ep0-ba4-rank0.pt', 'latest-rank0.pt']
+
+
+def test_dataloader_workers_survive_a_job_wide_sigterm_so_the_batch_is_saved(start_scenario, wait_for_files, tmp_path):
+    """SLURM signals every process of a job: the workers (num_workers=2) keep serving until the parent stops."""
+    import psutil
+    proc = start_scenario(
+        RUN + """
+from torch.utils.data import DataLoader
+
+trainer = make_run(probe=Probe(announce_at=3, pause=3), save_on_preemption=True)
+dataset = trainer.state.train_dataloader.dataset
+loader = DataLoader(dataset, batch_size=4, sampler=dist.get_sampler(dataset, shuffle=True), num_workers=2)
+try:
+    trainer.fit(train_dataloader=loader)
+except SystemExit as e:
+    mark('exit', e.code)
+    raise
+""",
+    )
+    wait_for_files(str(tmp_path / 'training.rank0'), 1, proc)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert len(workers) == 2, workers
+    for process in [psutil.Process(proc.pid), *workers]:  # the whole job at once, parent first
+        process.send_signal(signal.SIGTERM)
+    out, err = _finish(proc)
+    assert proc.returncode == 143, err
+    assert 'DataLoader worker' not in err, err
+    assert _marks(tmp_path, 'exit') == {'rank0': ['143']}
+    assert _checkpoints(tmp_path / 'checkpoints') == ['ep0-ba3-rank0.pt', 'latest-rank0.pt'], err
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert alive == [], alive  # no worker outlives the job

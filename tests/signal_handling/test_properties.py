@@ -1,0 +1,139 @@
+# Copyright 2022 MosaicML Composer authors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Property tests of the inputs: ``COMPOSER_SIGNAL_HANDLING``, ``enable_signal_handling``, ``save_on_preemption``.
+
+These run in the test process: resolving the flags and rejecting a bad ``save_on_preemption`` happen before any signal
+handler is installed (importing Composer installs none).
+"""
+
+import contextlib
+import os
+import signal
+
+import pytest
+
+hypothesis = pytest.importorskip('hypothesis')
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from composer.utils.signal_handling import (  # noqa: E402
+    SIGNAL_HANDLING_ENV_VAR,
+    StopRequest,
+    resolve_signal_handling,
+)
+
+
+@contextlib.contextmanager
+def environment(value: str):
+    """``COMPOSER_SIGNAL_HANDLING=value`` for one example (hypothesis reruns a test body, not its fixtures)."""
+    saved = os.environ.get(SIGNAL_HANDLING_ENV_VAR)
+    os.environ[SIGNAL_HANDLING_ENV_VAR] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[SIGNAL_HANDLING_ENV_VAR]
+        else:
+            os.environ[SIGNAL_HANDLING_ENV_VAR] = saved
+
+
+TRUE_SPELLINGS = ('1', 'true', 'yes', 'on')
+FALSE_SPELLINGS = ('0', 'false', 'no', 'off')
+#: What an environment variable can hold: any character but NUL (and lone surrogates, which cannot be encoded).
+ENVIRONMENT_CHARACTERS = st.characters(blacklist_characters='\x00', blacklist_categories=('Cs',))
+#: Python's str.strip() whitespace that an environment variable can carry (no NUL).
+WHITESPACE = st.text(alphabet=' \t\n\r\x0b\x0c', max_size=3)
+
+
+@st.composite
+def any_case(draw, words):
+    word = draw(st.sampled_from(words))
+    flips = draw(st.lists(st.booleans(), min_size=len(word), max_size=len(word)))
+    return ''.join(c.upper() if flip else c for c, flip in zip(word, flips))
+
+
+@settings(max_examples=200, deadline=None)
+@given(word=st.one_of(any_case(TRUE_SPELLINGS), any_case(FALSE_SPELLINGS)), before=WHITESPACE, after=WHITESPACE)
+def test_every_accepted_spelling_in_any_case_with_whitespace(word, before, after):
+    with environment(before + word + after):
+        assert resolve_signal_handling(None) is (word.lower() in TRUE_SPELLINGS)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.text(alphabet=ENVIRONMENT_CHARACTERS, max_size=12))
+def test_everything_else_raises_a_value_error_naming_the_variable(value):
+    hypothesis.assume(value.strip().lower() not in TRUE_SPELLINGS + FALSE_SPELLINGS)
+    with environment(value), pytest.raises(ValueError, match=SIGNAL_HANDLING_ENV_VAR) as info:
+        resolve_signal_handling(None)
+    assert 'Accepted values' in str(info.value)
+
+
+@settings(max_examples=100, deadline=None)
+@given(flag=st.booleans(), value=st.text(alphabet=ENVIRONMENT_CHARACTERS, max_size=5))
+def test_an_explicit_argument_wins_over_the_environment(flag, value):
+    with environment(value):
+        assert resolve_signal_handling(flag) is flag
+
+
+NOT_BOOLS = st.one_of(
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=5),
+    st.lists(st.booleans(), max_size=2),
+    st.just(b'1'),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=NOT_BOOLS)
+def test_a_non_bool_enable_signal_handling_is_a_type_error(value):
+    with pytest.raises(TypeError, match='enable_signal_handling must be True, False or None'):
+        resolve_signal_handling(value)
+
+
+@settings(max_examples=25, deadline=None)
+@given(value=st.one_of(NOT_BOOLS, st.none()))
+def test_a_non_bool_save_on_preemption_is_a_type_error_at_construction(value):
+    import torch
+    from composer.models import ComposerClassifier
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from composer import Trainer
+
+    model = ComposerClassifier(torch.nn.Linear(2, 2), num_classes=2)
+    dataset = TensorDataset(torch.randn(4, 2), torch.randint(0, 2, (4,)))
+    with pytest.raises(TypeError, match='save_on_preemption must be True or False'):
+        Trainer(model=model, train_dataloader=DataLoader(dataset), max_duration='1ba', save_on_preemption=value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    votes=st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=8),
+    late_request=st.booleans(),
+)
+def test_stop_votes_decide_alike_on_every_rank(votes, late_request):
+    """Sum the ranks' (requested, preempted) votes as the all-reduce does: all ranks decide alike."""
+    ranks = []
+    for requested, preempted in votes:
+        stop = StopRequest()
+        if requested or preempted:
+            stop.request(signum=signal.SIGTERM if preempted else None)
+        ranks.append(stop)
+    sums = [sum(column) for column in zip(*(stop.votes() for stop in ranks))]
+    for stop in ranks:
+        stop.tally(*sums)
+    if late_request:  # on rank 0, after the all-reduce: with several ranks it waits for the next batch's tally
+        ranks[0].request()
+    world_size = len(ranks)
+    expected = any(requested or preempted for requested, preempted in votes)
+    if world_size > 1:
+        assert [stop.should_stop(world_size) for stop in ranks] == [expected] * world_size
+    else:
+        assert ranks[0].should_stop(world_size) == (expected or late_request)
+    any_preempted = any(preempted for _, preempted in votes)
+    assert [stop.preempted for stop in ranks] == [any_preempted] * world_size
+    assert all(stop.exit_code == 128 + signal.SIGTERM for stop in ranks)
+    for stop in ranks:
+        stop.reset()
+        assert not stop.should_stop(world_size) and not stop.preempted and stop.votes() == (0, 0)
