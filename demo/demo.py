@@ -186,19 +186,23 @@ def run_case(title: str, code: str) -> bool:
     return proc.returncode == 0
 
 
+def start(script: Path, stderr: int, wait_for_training: bool) -> subprocess.Popen:
+    """Start ``script``; with ``wait_for_training``, return once it printed ``TRAINING``."""
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=stderr, text=True)
+    assert proc.stdout is not None
+    if wait_for_training:
+        for line in proc.stdout:
+            if line.startswith('TRAINING'):
+                break
+    return proc
+
+
 def run_sigterm(title: str, kwargs: str, expected_returncode: int) -> bool:
     print(f'\n== {title}')
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / 'train.py'
         script.write_text(PRELUDE + f'KWARGS = {kwargs}\n' + SIGTERM_SCRIPT)
-        proc = subprocess.Popen([sys.executable, str(script)],
-                                stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL,
-                                text=True)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith('TRAINING'):
-                break
+        proc = start(script, stderr=subprocess.DEVNULL, wait_for_training=True)
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=120)
@@ -248,15 +252,8 @@ def run_preemption() -> bool:
             folder = Path(tmp) / ('reference' if mode == 'uninterrupted' else 'run') / 'checkpoints'
             script = Path(tmp) / f'{mode}.py'
             script.write_text(PRELUDE + f'MODE = {mode!r}\nFOLDER = {str(folder)!r}\n' + PREEMPTION_SCRIPT)
-            proc = subprocess.Popen([sys.executable, str(script)],
-                                    stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT,
-                                    text=True)
-            assert proc.stdout is not None
+            proc = start(script, stderr=subprocess.STDOUT, wait_for_training=mode == 'preempted')
             if mode == 'preempted':
-                for line in proc.stdout:
-                    if line.startswith('TRAINING'):
-                        break
                 proc.send_signal(signal.SIGTERM)
             rest, _ = proc.communicate(timeout=300)
             outcomes[mode] = proc.returncode

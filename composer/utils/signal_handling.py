@@ -387,8 +387,9 @@ class StopRequest:
     """A request to stop training after the batch in flight, agreed by all ranks (see :meth:`.Trainer.request_stop`).
 
     :meth:`request` may be called from any thread and from a signal handler: it only assigns attributes, so it never
-    waits for a lock that the interrupted thread could hold. The training loop sends :meth:`votes` with the number of
-    samples and tokens that it already all-reduces after every batch, and records the sums with :meth:`tally`, so every
+    waits for a lock that the interrupted thread could hold. The training loop adds this rank's :meth:`vote` to the
+    samples and tokens that it already all-reduces after every batch (:meth:`pack`), and records the sum with
+    :meth:`tally` (:meth:`unpack`), so every
     rank learns of a stop requested on any rank after the same batch, without an extra collective.
     """
 
@@ -419,14 +420,39 @@ class StopRequest:
         """The signal that preempted this rank, if any."""
         return self._signum
 
-    def votes(self) -> tuple[int, int]:
-        """This rank's votes: whether it requests a stop, and whether a signal preempted it (each 0 or 1)."""
-        return int(self._requested), int(self._signum is not None)
+    def vote(self, world_size: int) -> int:
+        """This rank's vote: 0 (go on), 1 (stop) or ``world_size + 1`` (stop: a signal preempted this rank).
 
-    def tally(self, ranks_requesting: int, ranks_preempted: int) -> None:
-        """Record the sums of :meth:`votes` over all ranks, as all-reduced after a training batch."""
-        self._ranks_requesting = ranks_requesting
-        self._ranks_preempted = ranks_preempted
+        A sum of votes over all ranks is positive when any rank asks to stop, and above ``world_size`` when a signal
+        preempted any rank.
+        """
+        if self._signum is not None:
+            return world_size + 1
+        return int(self._requested)
+
+    @staticmethod
+    def ballot_size(world_size: int) -> int:
+        """One more than the largest possible sum of votes over ``world_size`` ranks."""
+        return world_size * (world_size + 1) + 1
+
+    def pack(self, count: int, world_size: int) -> int:
+        """``count`` with this rank's vote in its low digits: summing packed values sums counts and votes apart.
+
+        Gloo's all-reduce of a small tensor costs about as much per element as the rest of it, so the vote travels in
+        the tokens count instead of in an element of its own: ``count * ballot_size + vote``. Use an ``int64`` tensor.
+        """
+        return count * self.ballot_size(world_size) + self.vote(world_size)
+
+    def unpack(self, packed_sum: int, world_size: int) -> int:
+        """Split an all-reduced sum of :meth:`pack` values: :meth:`tally` the votes and return the summed count."""
+        count, votes = divmod(packed_sum, self.ballot_size(world_size))
+        self.tally(votes, world_size)
+        return count
+
+    def tally(self, vote_sum: int, world_size: int) -> None:
+        """Record the sum of :meth:`vote` over all ranks, as all-reduced after a training batch."""
+        self._ranks_requesting = int(vote_sum > 0)
+        self._ranks_preempted = int(vote_sum > world_size)
 
     def should_stop(self, world_size: int) -> bool:
         """Whether training stops after the current batch.
@@ -475,7 +501,8 @@ def handle_preemption(
     them was the OS default (a handler of the user's or a framework's is called as before; it can call
     :meth:`.Trainer.request_stop`). Entering the context also forgets an earlier signal that the process recovered
     from (a caught ``KeyboardInterrupt`` or ``SystemExit``), so that only a signal received from now on arms the force
-    quit. Does nothing when ``lease`` holds no handlers.
+    quit. When ``lease`` holds no handlers, only the DataLoader workers are shielded (for
+    :meth:`.Trainer.request_stop`).
 
     Args:
         lease (SignalHandlerLease, optional): The engine's lease.
@@ -485,7 +512,7 @@ def handle_preemption(
             workers are shielded from ``SIGTERM`` (see :func:`shield_dataloader_workers`).
     """
     if lease is None or not lease.holds_handlers:
-        return contextlib.nullcontext()
+        return shield_dataloader_workers(dataloaders if save_on_preemption else ())
     return _preemption_context(stop_request, save_on_preemption, dataloaders)
 
 

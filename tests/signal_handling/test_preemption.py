@@ -123,6 +123,17 @@ def _assert_same_weights(a: Path, b: Path) -> None:
     assert different == [], f'parameters differ from the uninterrupted run: {different}'
 
 
+def _assert_both_ranks_stopped_at_one_batch_and_checkpointed_it(directory: Path, logs: str) -> None:
+    """Two ranks: both raised SystemExit(143) after stopping at the same batch, which the checkpoint holds."""
+    assert _marks(directory, 'exit') == {'rank0': ['143'], 'rank1': ['143']}, logs
+    stopped = _marks(directory, 'fit_end')
+    assert stopped['rank0'] == stopped['rank1'], logs  # the same batch on every rank
+    batch = int(stopped['rank0'][0])
+    assert batch < 16, logs  # stopped early: 2 epochs of 8 batches per rank
+    assert _checkpoints(directory / 'checkpoints') == [f'ep0-ba{batch}-rank0.pt', 'latest-rank0.pt'], logs
+    assert _checkpoint_batch(directory / 'checkpoints' / 'latest-rank0.pt') == batch
+
+
 def _finish(proc, timeout: float = 120) -> tuple[str, str]:
     try:
         return proc.communicate(timeout=timeout)
@@ -314,12 +325,7 @@ def test_composer_launcher_sigterm_to_one_rank_stops_every_rank_at_the_same_batc
     out, err = _finish(proc)
     logs = rank_logs() + err
     assert proc.returncode == 143, logs
-    assert _marks(tmp_path, 'exit') == {'rank0': ['143'], 'rank1': ['143']}, logs
-    stopped = _marks(tmp_path, 'fit_end')
-    assert stopped['rank0'] == stopped['rank1'], logs  # the same batch on every rank
-    batch = int(stopped['rank0'][0])
-    assert batch < 16, logs  # stopped early: 2 epochs of 8 batches per rank
-    assert _checkpoints(tmp_path / 'checkpoints') == [f'ep0-ba{batch}-rank0.pt', 'latest-rank0.pt'], logs
+    _assert_both_ranks_stopped_at_one_batch_and_checkpointed_it(tmp_path, logs)
     assert _marks(tmp_path, 'close') == {'rank0': [''], 'rank1': ['']}, logs  # once per rank
     assert _marks(tmp_path, 'post_close') == {'rank0': [''], 'rank1': ['']}, logs
 
@@ -354,12 +360,7 @@ def test_torchrun_agent_sigterm_stops_every_rank_at_the_same_batch(
     proc.send_signal(signal.SIGTERM)
     out, err = _finish(proc)
     assert proc.returncode != 0  # torchrun reports its own SignalException
-    assert _marks(tmp_path, 'exit') == {'rank0': ['143'], 'rank1': ['143']}, err
-    stopped = _marks(tmp_path, 'fit_end')
-    assert stopped['rank0'] == stopped['rank1'], err
-    batch = int(stopped['rank0'][0])
-    assert _checkpoints(tmp_path / 'checkpoints') == [f'ep0-ba{batch}-rank0.pt', 'latest-rank0.pt'], err
-    assert _checkpoint_batch(tmp_path / 'checkpoints' / 'latest-rank0.pt') == batch
+    _assert_both_ranks_stopped_at_one_batch_and_checkpointed_it(tmp_path, err)
 
 
 @pytest.mark.parametrize('save_on_preemption', [True, False])

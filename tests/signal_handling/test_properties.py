@@ -111,8 +111,9 @@ def test_a_non_bool_save_on_preemption_is_a_type_error_at_construction(value):
 @given(
     votes=st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=8),
     late_request=st.booleans(),
+    token_counts=st.lists(st.integers(0, 2**40), min_size=8, max_size=8),
 )
-def test_stop_votes_decide_alike_on_every_rank(votes, late_request):
+def test_stop_votes_decide_alike_on_every_rank(votes, late_request, token_counts):
     """Sum the ranks' (requested, preempted) votes as the all-reduce does: all ranks decide alike."""
     ranks = []
     for requested, preempted in votes:
@@ -120,12 +121,13 @@ def test_stop_votes_decide_alike_on_every_rank(votes, late_request):
         if requested or preempted:
             stop.request(signum=signal.SIGTERM if preempted else None)
         ranks.append(stop)
-    sums = [sum(column) for column in zip(*(stop.votes() for stop in ranks))]
-    for stop in ranks:
-        stop.tally(*sums)
+    world_size = len(ranks)
+    # What the trainer all-reduces: each rank's tokens with its vote packed in; the sum unpacks to the summed tokens.
+    tokens = token_counts[:world_size]
+    packed_sum = sum(stop.pack(count, world_size) for stop, count in zip(ranks, tokens))
+    assert [stop.unpack(packed_sum, world_size) for stop in ranks] == [sum(tokens)] * world_size
     if late_request:  # on rank 0, after the all-reduce: with several ranks it waits for the next batch's tally
         ranks[0].request()
-    world_size = len(ranks)
     expected = any(requested or preempted for requested, preempted in votes)
     if world_size > 1:
         assert [stop.should_stop(world_size) for stop in ranks] == [expected] * world_size
@@ -136,4 +138,4 @@ def test_stop_votes_decide_alike_on_every_rank(votes, late_request):
     assert all(stop.exit_code == 128 + signal.SIGTERM for stop in ranks)
     for stop in ranks:
         stop.reset()
-        assert not stop.should_stop(world_size) and not stop.preempted and stop.votes() == (0, 0)
+        assert not stop.should_stop(world_size) and not stop.preempted and stop.vote(world_size) == 0

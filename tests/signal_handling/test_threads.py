@@ -84,3 +84,107 @@ report(errors=errors, alive=[t.name for t in threads if t.is_alive()], held_on_m
         'restored': [True, True],
         'warnings': 1,
     }
+
+
+def test_race_stress_32_threads_while_the_main_thread_is_signalled_and_stops_are_requested(run_scenario):
+    """Race stress: no exception, no deadlock, handlers restored, nothing held at the end. Seeded.
+
+    32 worker threads create, fit and close trainers; the main thread does the same while SIGTERM keeps arriving (the
+    user's handler, which Composer chains to, requests stops); 4 more threads call request_stop() on live trainers.
+    """
+    seed = 20261125
+    scenario = run_scenario(
+        f"""
+import random
+import time
+import composer.utils.signal_handling as signal_handling
+
+SEED = {seed}
+live = []  # trainers that may be fitting right now
+live_lock = threading.Lock()
+errors = []
+stops = {{'signal': 0, 'thread': 0}}
+done = threading.Event()
+
+def request_random_stop(rng):
+    with live_lock:
+        trainer = rng.choice(live) if live else None
+    if trainer is not None:
+        trainer.request_stop()
+        return True
+    return False
+
+signal_rng = random.Random(SEED)
+
+def users_sigterm_handler(signum, frame):  # the user's handler: Composer's handler calls it
+    if request_random_stop(signal_rng):
+        stops['signal'] += 1
+
+signal.signal(signal.SIGTERM, users_sigterm_handler)
+before = handlers()
+
+def fit_and_close(rng, iterations):
+    for _ in range(iterations):
+        trainer = make_trainer(max_duration=f'{{rng.randint(1, 6)}}ba')
+        with live_lock:
+            live.append(trainer)
+        try:
+            if rng.random() < 0.8:
+                trainer.fit()
+        finally:
+            with live_lock:
+                live.remove(trainer)
+            trainer.close()
+
+def worker(index):
+    try:
+        fit_and_close(random.Random(SEED + index), iterations=3)
+    except BaseException as e:
+        errors.append(f'worker {{index}}: {{e!r}}')
+
+def stopper(index):
+    rng = random.Random(SEED - index)
+    while not done.is_set():
+        if request_random_stop(rng):
+            stops['thread'] += 1
+        time.sleep(rng.uniform(0, 0.01))
+
+def signaller():
+    rng = random.Random(SEED * 2)
+    while not done.is_set():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(rng.uniform(0.005, 0.05))
+
+workers = [threading.Thread(target=worker, args=(i,)) for i in range(32)]
+helpers = [threading.Thread(target=stopper, args=(i,)) for i in range(4)] + [threading.Thread(target=signaller)]
+started = time.monotonic()
+for t in workers + helpers:
+    t.start()
+try:
+    fit_and_close(random.Random(SEED - 100), iterations=12)
+except BaseException as e:
+    errors.append(f'main: {{e!r}}')
+for t in workers:
+    t.join(400)
+done.set()
+for t in helpers:
+    t.join(60)
+report(
+    errors=errors,
+    alive=[t.name for t in workers + helpers if t.is_alive()],
+    restored=[a is b for a, b in zip(handlers(), before)],
+    holders=signal_handling._holders,
+    installed=len(signal_handling._installed),
+    targets=len(signal_handling._preemption_targets),
+    stops=stops,
+    seconds=time.monotonic() - started,
+)
+""",
+        timeout=600,
+    )
+    assert scenario.returncode == 0, scenario
+    results = scenario.results
+    assert results['errors'] == [] and results['alive'] == [], results
+    assert results['restored'] == [True, True]  # the user's SIGTERM handler and Python's SIGINT handler
+    assert (results['holders'], results['installed'], results['targets']) == (0, 0, 0)
+    assert results['stops']['signal'] > 0 and results['stops']['thread'] > 0, results  # the race really ran
