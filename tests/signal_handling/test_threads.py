@@ -101,7 +101,7 @@ import composer.utils.signal_handling as signal_handling
 
 SEED = {seed}
 live = []  # trainers that may be fitting right now
-live_lock = threading.Lock()
+live_lock = threading.RLock()  # re-entrant: the SIGTERM handler may run while the main thread holds it
 errors = []
 stops = {{'signal': 0, 'thread': 0}}
 done = threading.Event()
