@@ -396,8 +396,8 @@ class StopRequest:
     def __init__(self) -> None:
         self._requested = False
         self._signum: Optional[int] = None
-        self._ranks_requesting = 0
-        self._ranks_preempted = 0
+        self._stop_agreed = False
+        self._preemption_agreed = False
 
     def request(self, signum: Optional[int] = None) -> None:
         """Ask the training loop to stop after the batch in flight.
@@ -451,8 +451,8 @@ class StopRequest:
 
     def tally(self, vote_sum: int, world_size: int) -> None:
         """Record the sum of :meth:`vote` over all ranks, as all-reduced after a training batch."""
-        self._ranks_requesting = int(vote_sum > 0)
-        self._ranks_preempted = int(vote_sum > world_size)
+        self._stop_agreed = vote_sum > 0
+        self._preemption_agreed = vote_sum > world_size
 
     def should_stop(self, world_size: int) -> bool:
         """Whether training stops after the current batch.
@@ -463,12 +463,12 @@ class StopRequest:
         Args:
             world_size (int): The number of ranks.
         """
-        return self._ranks_requesting > 0 or (world_size == 1 and self._requested)
+        return self._stop_agreed or (world_size == 1 and self._requested)
 
     @property
     def preempted(self) -> bool:
         """Whether a signal preempted this rank or, as tallied, any other rank."""
-        return self._signum is not None or self._ranks_preempted > 0
+        return self._signum is not None or self._preemption_agreed
 
     @property
     def exit_code(self) -> int:
@@ -479,13 +479,13 @@ class StopRequest:
         """Forget the request and the tally (at the end of ``fit()``)."""
         self._requested = False
         self._signum = None
-        self._ranks_requesting = 0
-        self._ranks_preempted = 0
+        self._stop_agreed = False
+        self._preemption_agreed = False
 
     def __repr__(self) -> str:
         return (
             f'StopRequest(requested={self._requested}, signum={self._signum}, '
-            f'ranks_requesting={self._ranks_requesting}, ranks_preempted={self._ranks_preempted})'
+            f'stop_agreed={self._stop_agreed}, preemption_agreed={self._preemption_agreed})'
         )
 
 
