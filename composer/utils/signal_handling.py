@@ -88,11 +88,10 @@ _atexit_registered = False
 _preemption_targets: tuple[StopRequest, ...] = ()
 # Set by Composer's handler when it decided that the process ends: it raised SystemExit or requested a preemption stop.
 _exit_pending = False
-# Set by Composer's handler when a SIGTERM/SIGINT with a standard effect (exit or KeyboardInterrupt) arrived.
-_signal_received = False
 # The number of engines inside Engine._close() right now.
 _closing_engines = 0
-# When (time.monotonic()) and which signal armed the force quit, to tell a duplicate delivery from a second signal.
+# When (time.monotonic()) and which SIGTERM/SIGINT with a standard effect (exit or KeyboardInterrupt) Composer's
+# handler received first: it arms the force quit, and tells a duplicate delivery from a second signal. Signal 0: none.
 _first_signal: tuple[float, int] = (0.0, 0)
 
 #: A repeat of the first signal within this many seconds is the same signal delivered twice, not a second one: a job
@@ -119,24 +118,22 @@ class _ComposerSignalHandler:
     def __call__(self, signum: int, frame: Optional[FrameType]) -> Any:
         # Runs on the main thread between two bytecodes, possibly while that thread holds a lock: it reads and writes
         # module state without taking ``_lock`` (assignments are atomic) and logs nothing.
-        global _exit_pending, _signal_received, _first_signal
+        global _exit_pending, _first_signal
         previous = self.previous
         if previous == signal.SIG_IGN:
             return None
         if _forked_child:
             return _handle_in_forked_child(previous, signum, frame)
-        if _exit_pending or (_closing_engines > 0 and _signal_received):
-            first_time, first_signum = _first_signal
+        first_time, first_signum = _first_signal
+        if _exit_pending or (_closing_engines > 0 and first_signum != 0):
             if signum == first_signum and time.monotonic() - first_time < DUPLICATE_SIGNAL_WINDOW:
                 return None  # the first signal, delivered twice
             _force_quit(signum)
         if callable(previous):
             if previous is signal.default_int_handler:
-                _signal_received = True
                 _first_signal = (time.monotonic(), signum)
             # A user's handler, Python's ``default_int_handler`` or a framework's handler: it keeps working.
             return previous(signum, frame)
-        _signal_received = True
         _exit_pending = True
         _first_signal = (time.monotonic(), signum)
         if signum == signal.SIGTERM and _preemption_targets:
@@ -410,16 +407,6 @@ class StopRequest:
             self._signum = signum
         self._requested = True
 
-    @property
-    def requested(self) -> bool:
-        """Whether a stop was requested on this rank."""
-        return self._requested
-
-    @property
-    def signum(self) -> Optional[int]:
-        """The signal that preempted this rank, if any."""
-        return self._signum
-
     def vote(self, world_size: int) -> int:
         """This rank's vote: 0 (go on), 1 (stop) or ``world_size + 1`` (stop: a signal preempted this rank).
 
@@ -534,9 +521,8 @@ def _preemption_context(stop_request: StopRequest, save_on_preemption: bool, dat
 
 def _forget_signals() -> None:
     """Disarm the force quit: the process goes on (a new ``fit()`` starts, or the handlers were restored)."""
-    global _exit_pending, _signal_received, _first_signal
+    global _exit_pending, _first_signal
     _exit_pending = False
-    _signal_received = False
     _first_signal = (0.0, 0)
 
 
