@@ -7,15 +7,16 @@ VPY := $(VENV)/bin/python
 UPSTREAM ?=
 BRANCH ?= fix-signal-handling-lifecycle
 PYTEST_ARGS ?=
-LINT_PATHS := composer forktool tests bench demo setup.py
+LINT_PATHS := composer forktool tests bench stress demo setup.py
 
-.PHONY: help venv install demo test test-deps test-upstream lint wheel tree export refresh check-patches pr bench clean
+.PHONY: help venv install demo test test-deps test-upstream lint wheel tree export refresh check-patches pr bench stress clean
 
 help:
 	@echo "make demo           install the fork into $(VENV) and run the demo (README set-up command 1)"
 	@echo "make test           run the test suite against the installed fork (README set-up command 2)"
 	@echo "make test-upstream  run the signal regression tests against unpatched upstream (expected to fail)"
 	@echo "make venv|install|wheel|lint|check-patches|bench"
+	@echo "make stress [QUICK=1] [SEED=s RUN=i]  signal storm (stress/run.py): 200 runs + 5 race rounds; QUICK: 20 + 1"
 	@echo "make tree | export | refresh | pr UPSTREAM=<git checkout of mosaicml/composer>"
 
 # pip >= 24.1 parses `mosaicml @ git+file://...` requirements (older pips reject file URLs in them).
@@ -74,6 +75,10 @@ pr: $(VPY)
 
 bench: install test-deps
 	$(VPY) bench/run.py $(if $(QUICK),--quick) $(if $(CHECK),--check)
+
+# Signal storm: trainings signalled at the worst moments; SEED=s RUN=i replays one run (its folder stays in build/stress).
+stress: install test-deps
+	$(VPY) stress/run.py $(if $(QUICK),--quick) $(if $(SEED),--seed $(SEED)) $(if $(RUN),--run $(RUN)) $(if $(RUNS),--runs $(RUNS))
 
 clean:
 	rm -rf build dist

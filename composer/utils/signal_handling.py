@@ -88,8 +88,13 @@ _atexit_registered = False
 _preemption_targets: tuple[StopRequest, ...] = ()
 # Set by Composer's handler when it decided that the process ends: it raised SystemExit or requested a preemption stop.
 _exit_pending = False
-# The number of engines inside Engine._close() right now.
+# The number of Engine.close() and Engine._close() calls in progress (a close() counts twice), and those on the main
+# thread, where signal handlers run.
 _closing_engines = 0
+_main_thread_closing = 0
+# A first SIGTERM/SIGINT that arrived while the main thread closed an engine: (signum, previous disposition). Its
+# effect is raised when the outermost close returns.
+_deferred_signal: Optional[tuple[int, _Handler]] = None
 # When (time.monotonic()) and which SIGTERM/SIGINT with a standard effect (exit or KeyboardInterrupt) Composer's
 # handler received first: it arms the force quit, and tells a duplicate delivery from a second signal. Signal 0: none.
 _first_signal: tuple[float, int] = (0.0, 0)
@@ -129,18 +134,23 @@ class _ComposerSignalHandler:
             if signum == first_signum and time.monotonic() - first_time < DUPLICATE_SIGNAL_WINDOW:
                 return None  # the first signal, delivered twice
             _force_quit(signum)
-        if callable(previous):
-            if previous is signal.default_int_handler:
-                _first_signal = (time.monotonic(), signum)
-            # A user's handler, Python's ``default_int_handler`` or a framework's handler: it keeps working.
+        if callable(previous) and previous is not signal.default_int_handler:
+            # A user's handler or a framework's handler: it keeps working.
             return previous(signum, frame)
-        _exit_pending = True
         _first_signal = (time.monotonic(), signum)
-        if signum == signal.SIGTERM and _preemption_targets:
-            # Preemption: the trainers stop after the batch in flight, checkpoint it and raise SystemExit themselves.
-            for stop_request in _preemption_targets:
-                stop_request.request(signum=signum)
+        if not callable(previous):
+            _exit_pending = True
+            if signum == signal.SIGTERM and _preemption_targets:
+                # Preemption: the trainers stop after the batch in flight, checkpoint it and raise SystemExit.
+                for stop_request in _preemption_targets:
+                    stop_request.request(signum=signum)
+                return None
+        if _main_thread_closing > 0:
+            # Raising here would interrupt a callback's close() (an upload, a flush) and leave it half done.
+            _defer_until_closed(signum, previous)
             return None
+        if callable(previous):
+            return previous(signum, frame)  # Python's default_int_handler: KeyboardInterrupt
         # The OS default would end the process without running ``finally`` blocks or ``atexit`` hooks. Exit through
         # Python instead, with the exit code a shell reports for death by this signal (143 for SIGTERM).
         raise SystemExit(128 + signum)
@@ -170,14 +180,19 @@ class SignalHandlerLease:
         return self._reason
 
     def release(self) -> None:
-        """Release this lease. When it is the last one, restore the handlers Composer replaced."""
+        """Release this lease. When it is the last one, restore the handlers Composer replaced.
+
+        Unless Composer's handler has decided that the process exits (it raised or deferred ``SystemExit``): then
+        the handlers stay until the interpreter exits, so that a repeat of the signal (a launcher's clean-up
+        ``SIGTERM`` to a rank that is already exiting) gives the same exit code instead of the OS default.
+        """
         global _holders
         with _lock:
             if not self._holds_handlers:
                 return
             self._holds_handlers = False
             _holders -= 1
-            if _holders == 0:
+            if _holders == 0 and not _exit_pending:
                 _restore_locked()
                 _forget_signals()
 
@@ -255,6 +270,8 @@ def acquire_signal_handlers(enable_signal_handling: Optional[bool] = None) -> Si
         _warn_once(reason)
         return SignalHandlerLease(holds_handlers=False, reason=reason)
     with _lock:
+        if _holders == 0:
+            _forget_signals()  # a new engine: the process went on after any stop (a caught SystemExit)
         if not _installed:
             error = _install_locked()
             if error is not None:
@@ -557,24 +574,59 @@ def _force_quit(signum: int) -> None:
 
 
 def engine_closing(close: _F) -> _F:
-    """Mark the time spent in ``close`` (the :class:`.Engine`'s shutdown) as closing, for the force quit.
+    """Mark the time spent in ``close`` (the :class:`.Engine`'s shutdown) as closing.
 
-    A second ``SIGTERM`` or ``SIGINT`` that arrives while an engine closes after a first signal ends the process at
-    once, with exit code ``128 + signum``, instead of waiting for slow callbacks or uploads.
+    A first ``SIGTERM`` or ``SIGINT`` that arrives while the main thread closes an engine does not interrupt the
+    callbacks' ``close()`` (their uploads and flushes): the engine finishes closing, then the signal takes effect
+    (``SystemExit(128 + signum)``, or ``KeyboardInterrupt``) when the outermost close returns. A second one, or one
+    while an engine closes after a first signal, ends the process at once with exit code ``128 + signum`` instead of
+    waiting for slow callbacks or uploads.
     """
 
     @functools.wraps(close)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        global _closing_engines
+        global _closing_engines, _main_thread_closing
+        on_main_thread = threading.current_thread() is threading.main_thread()
         with _lock:
             _closing_engines += 1
+            _main_thread_closing += on_main_thread
         try:
             return close(*args, **kwargs)
         finally:
             with _lock:
                 _closing_engines -= 1
+                _main_thread_closing -= on_main_thread
+            if on_main_thread and _main_thread_closing == 0:
+                _raise_deferred_signal()
 
     return wrapper  # type: ignore[return-value]
+
+
+def _defer_until_closed(signum: int, previous: _Handler) -> None:
+    """Keep the effect of a signal that arrived while the main thread closes an engine until the close returns."""
+    global _deferred_signal
+    _deferred_signal = (signum, previous)
+    effect = 'KeyboardInterrupt' if callable(previous) else f'exit code {128 + signum}'
+    message = (
+        f'Composer: received {signal.Signals(signum).name} while the engine closes; {effect} once it has closed. '
+        'Send SIGTERM or SIGINT again to exit at once.\n'
+    )
+    try:
+        os.write(2, message.encode())
+    except OSError:
+        pass
+
+
+def _raise_deferred_signal() -> None:
+    """Raise the effect of a signal deferred by :func:`_defer_until_closed`, if any."""
+    global _deferred_signal
+    deferred, _deferred_signal = _deferred_signal, None
+    if deferred is None:
+        return
+    signum, previous = deferred
+    if callable(previous):
+        previous(signum, None)  # Python's default_int_handler raises KeyboardInterrupt
+    raise SystemExit(128 + signum)
 
 
 def warn_preemption_unavailable(lease: Optional[SignalHandlerLease]) -> None:
@@ -596,11 +648,12 @@ def warn_preemption_unavailable(lease: Optional[SignalHandlerLease]) -> None:
 
 def _after_fork_in_child() -> None:
     """Forget the parent's trainers and state in a forked child: it owns no engine, no stop and no lock holder."""
-    global _lock, _forked_child, _preemption_targets, _closing_engines
+    global _lock, _forked_child, _preemption_targets, _closing_engines, _main_thread_closing, _deferred_signal
     _lock = threading.RLock()  # another thread of the parent may have held it at the time of the fork
     _forked_child = True
     _preemption_targets = ()
-    _closing_engines = 0
+    _closing_engines = _main_thread_closing = 0
+    _deferred_signal = None
     _forget_signals()
 
 

@@ -404,6 +404,45 @@ fit_and_record(trainer, 'stopped')
     assert _checkpoints(tmp_path / 'checkpoints') == expected
 
 
+@pytest.mark.parametrize('first', [signal.SIGTERM, signal.SIGINT])
+def test_first_signal_during_trainer_close_takes_effect_once_it_has_closed(
+    start_scenario,
+    wait_for_files,
+    tmp_path,
+    first,
+):
+    """The callbacks' close() (a flush, an upload) is not cut short, runs once, and the signal still takes effect."""
+    proc = start_scenario(
+        RUN + """
+class SlowClose(Probe):
+    def close(self, state, logger):
+        mark('close')
+        time.sleep(2)  # flushing, uploading
+        mark('closed')
+
+trainer = make_run(probe=SlowClose(), max_duration='2ba')
+trainer.fit()
+try:
+    trainer.close()
+except BaseException as e:
+    mark('raised', f'{type(e).__name__} {getattr(e, "code", "")}'.strip())
+    raise
+mark('raised', 'nothing')
+""",
+    )
+    wait_for_files(str(tmp_path / 'close.rank0'), 1, proc)
+    proc.send_signal(first)
+    out, err = _finish(proc, timeout=60)
+    assert _marks(tmp_path, 'close') == {'rank0': ['']}, err  # once: not again at interpreter exit
+    assert _marks(tmp_path, 'closed') == {'rank0': ['']}, err
+    assert _marks(tmp_path, 'post_close') == {'rank0': ['']}, err
+    effect = 'SystemExit 143' if first == signal.SIGTERM else 'KeyboardInterrupt'
+    assert _marks(tmp_path, 'raised') == {'rank0': [effect]}, err
+    assert f'received {signal.Signals(first).name} while the engine closes' in err
+    if first == signal.SIGTERM:
+        assert proc.returncode == 143, err
+
+
 @pytest.mark.parametrize('moment', ['before fit', 'after fit'])
 def test_sigterm_outside_fit_exits_143_promptly(start_scenario, wait_for_files, tmp_path, moment):
     proc = start_scenario(
