@@ -78,7 +78,7 @@ bench: install test-deps
 
 # Signal storm: trainings signalled at the worst moments; SEED=s RUN=i replays one run (its folder stays in build/stress).
 stress: install test-deps
-	$(VPY) stress/run.py $(if $(QUICK),--quick) $(if $(SEED),--seed $(SEED)) $(if $(RUN),--run $(RUN)) $(if $(RUNS),--runs $(RUNS))
+	$(VPY) stress/run.py $(if $(QUICK),--quick) $(if $(SEED),--seed $(SEED)) $(if $(RUN),--run $(RUN)) $(if $(RUNS),--runs $(RUNS)) $(if $(JOBS),--jobs $(JOBS))
 
 clean:
 	rm -rf build dist

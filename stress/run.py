@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import itertools
 import json
 import os
@@ -157,11 +158,10 @@ def expected_codes(plan: Plan) -> set[int]:
     codes = set(EXPECTED[(plan.launch, first)])
     if len(plan.signals) == 2:
         second = getattr(signal, plan.signals[1])
-        codes |= {128 + second}  # force quit
-        if plan.launch == '1proc':
-            codes |= {-second}  # arrived after the handlers were restored: the signal's default effect
-        else:
-            codes |= {1, 128 + second}  # a rank's KeyboardInterrupt; a rank's force quit
+        # Force quit (128 + signum), or the second signal's own effect where it came after Composer restored the
+        # handlers (the process, or the launcher after its clean-up, was already exiting); under the launcher a
+        # rank's KeyboardInterrupt (1).
+        codes |= {128 + second, -second} | ({1} if plan.launch == '2ranks' else set())
     return codes
 
 
@@ -303,11 +303,8 @@ def run_one(plan: Plan, out: Path) -> Result:
     run_dir.mkdir(parents=True)
     (run_dir / 'plan.json').write_text(json.dumps(asdict(plan), indent=1))
     tag = uuid.uuid4().hex
-    args = [
-        '--role', 'train', '--mode', plan.mode, '--moment', plan.moment, '--at',
-        str(plan.at), '--pause',
-        str(PAUSE)
-    ]
+    args = ['--role', 'train', '--mode', plan.mode, '--moment', plan.moment, '--at', str(plan.at)]
+    args += ['--pause', str(PAUSE)]
     proc = _start(plan.launch, run_dir, args, tag, 'train')
     violations = result.violations
 
@@ -452,32 +449,35 @@ def main() -> int:
     parser.add_argument('--seed', type=int, default=None, help='default: random, printed')
     parser.add_argument('--run', type=int, default=None, help='replay this one run of --seed')
     parser.add_argument('--out', type=Path, default=OUT)
+    parser.add_argument('--jobs', type=int, default=1, help='runs in parallel (each run is a process or 3)')
     parser.add_argument('--race-rounds', type=int, default=None, help='race stress repeats (default 5, quick 1)')
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     runs = [args.run] if args.run is not None else list(range(20 if args.quick else args.runs))
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    print(
-        f'signal storm: seed {seed}, {len(runs)} run(s); replay one with `make stress SEED={seed} RUN=<i>`', flush=True
-    )
+    print(f'signal storm: seed {seed}, {len(runs)} run(s); replay one: `make stress SEED={seed} RUN=<i>`', flush=True)
     started = time.monotonic()
-    results = []
-    for index in runs:
+    for launch in LAUNCHES:  # before the runs start in parallel
+        reference_weights(launch, out)
+
+    def run_and_report(index: int) -> Result:
         plan = make_plan(seed, index)
         result = run_one(plan, out)
-        results.append(result)
-        status = 'ok' if not result.violations else 'VIOLATION'
-        print(
+        lines = [
             f'[{index:4d}] {plan.launch:6s} {plan.mode:7s} {"+".join(plan.signals):15s} -> {plan.target:7s} '
             f'at {plan.moment:10s} {plan.at:3d}: exit {result.returncode} in {result.exit_seconds} s, '
-            f'checkpoint {result.checkpoint_batch}, resumed {result.resumed_from}: {status}',
-            flush=True,
-        )
-        for violation in result.violations:
-            print(f'       {violation}  (replay: {plan.replay()})', flush=True)
+            f'checkpoint {result.checkpoint_batch}, resumed {result.resumed_from}: '
+            f'{"VIOLATION" if result.violations else "ok"}',
+        ]
+        lines += [f'       {violation}  (replay: {plan.replay()})' for violation in result.violations]
+        print('\n'.join(lines), flush=True)
         if not result.violations and args.run is None:
             shutil.rmtree(out / f'run-{plan.seed}-{plan.index:04d}', ignore_errors=True)
+        return result
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(run_and_report, runs))
     rounds = args.race_rounds if args.race_rounds is not None else (
         0 if args.run is not None else 1 if args.quick else 5
     )
@@ -486,9 +486,8 @@ def main() -> int:
     violations = sum(len(r.violations) for r in results) + sum(1 for r in races if not r['passed'])
     print(f'\n{table}\n')
     elapsed = time.monotonic() - started
-    print(
-        f'seed {seed}: {len(results)} runs and {len(races)} race rounds, {violations} violations, {elapsed / 60:.1f} min'
-    )
+    counts = f'{len(results)} runs, {len(races)} race rounds, {violations} violations'
+    print(f'seed {seed}: {counts}, {elapsed / 60:.1f} min')
     summary = {
         'seed': seed,
         'runs': len(results),

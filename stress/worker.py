@@ -80,8 +80,8 @@ def install_half_written_checkpoint(callback: Storm, trainer: Trainer) -> None:
     real_save = torch.save
 
     def save(obj, f, *args, **kwargs):
-        if callback.moment == 'checkpoint' and int(trainer.state.timestamp.batch
-                                                  ) == callback.at and hasattr(f, 'write'):
+        holding = callback.moment == 'checkpoint' and int(trainer.state.timestamp.batch) == callback.at
+        if holding and hasattr(f, 'write'):
             buffer = io.BytesIO()
             real_save(obj, buffer, *args, **kwargs)
             data = buffer.getvalue()
@@ -100,12 +100,14 @@ def make_trainer(args: argparse.Namespace, callback: Storm) -> Trainer:
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2))
     model = ComposerClassifier(net, num_classes=2)
     generator = torch.Generator().manual_seed(1)
-    train = TensorDataset(
-        torch.randn(SAMPLES, 4, generator=generator), torch.randint(0, 2, (SAMPLES,), generator=generator)
-    )
-    evaluation = TensorDataset(
-        torch.randn(16, 4, generator=generator), torch.randint(0, 2, (16,), generator=generator)
-    )
+
+    def dataset(samples: int) -> TensorDataset:
+        return TensorDataset(
+            torch.randn(samples, 4, generator=generator),
+            torch.randint(0, 2, (samples,), generator=generator),
+        )
+
+    train, evaluation = dataset(SAMPLES), dataset(16)
     kwargs = {}
     if args.role != 'reference':
         kwargs.update(save_folder='checkpoints', save_interval=f'{SAVE_INTERVAL}ba', autoresume=True)
