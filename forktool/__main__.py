@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from forktool import ForkError, build, series, upstream
+from forktool import ForkError, build, lint, series, upstream
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('which', choices=['upstream', 'fork'])
     p.add_argument('--dest', type=Path, required=True)
     sub.add_parser('version', help='print the fork\'s version')
+    p = sub.add_parser('lint-upstream', help='run upstream\'s pre-commit checks on the files base..HEAD changes')
+    p.add_argument('--repo', type=Path, required=True, help='a git checkout of upstream (or a `make tree` tree)')
+    p.add_argument('--base', required=True, help='the upstream revision the branch starts from')
+    p.add_argument('--venv', type=Path, default=lint.DEFAULT_VENV, help='where the pinned tools are installed')
+    p.add_argument('--python', default=sys.executable, help='interpreter whose packages pyright resolves')
+    p.add_argument('--no-pyright', action='store_true')
     args = parser.parse_args(argv)
     try:
         return _dispatch(args)
@@ -75,6 +81,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(_install_target(args.which, args.dest))
     elif args.command == 'version':
         print(upstream.read_pin().fork_version)
+    elif args.command == 'lint-upstream':
+        problems = lint.lint_upstream(args.repo, args.base, args.python, args.venv, pyright=not args.no_pyright)
+        for problem in problems:
+            print(f'lint-upstream: {problem}', file=sys.stderr)
+        print(f'lint-upstream: {len(problems)} check(s) failed' if problems else 'lint-upstream: all checks passed')
+        return 1 if problems else 0
     return 0
 
 
