@@ -67,7 +67,7 @@ SUFFIX_CHECKS = {
     '.toml': 'check-toml',
     '.xml': 'check-xml',
     '.yaml': 'check-yaml',
-    '.yml': 'check-yaml'
+    '.yml': 'check-yaml',
 }
 # pyright 1.1.310 (upstream's pin) defaults to "basic"; basedpyright's own default ("recommended") adds rules.
 PYRIGHT_MODE = 'basic'
@@ -77,10 +77,15 @@ TREE_PATHS = ('pyproject.toml', 'setup.cfg', '.pre-commit', 'composer', 'tests',
 
 def _run(cmd: list[str], cwd: Path, env: Optional[dict] = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        cmd, cwd=cwd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={
+        cmd,
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={
             **os.environ,
-            **(env or {})
-        }
+            **(env or {}),
+        },
     )
 
 
@@ -176,7 +181,9 @@ def _run_fixer(bindir: Path, hook: tuple[str, ...], tree: Path, rel: str, scratc
         return None
     diff = difflib.unified_diff(
         before.decode(errors='replace').splitlines(keepends=True),
-        after.decode(errors='replace').splitlines(keepends=True), f'a/{rel}', f'b/{rel}'
+        after.decode(errors='replace').splitlines(keepends=True),
+        f'a/{rel}',
+        f'b/{rel}',
     )
     return ''.join(diff) or f'{rel}: would be changed (line endings or byte order mark)\n'
 
@@ -259,7 +266,7 @@ def lint_upstream(
             if missing:
                 problems.append(
                     'insert-license: no license header (.pre-commit/FILE_HEADER) in the first lines of ' +
-                    ', '.join(missing)
+                    ', '.join(missing),
                 )
             log(f'  insert-license: {"FAILED" if missing else "ok"}')
         text_files = [f for f in files if _is_text(head_tree / f)]
@@ -288,10 +295,10 @@ def lint_upstream(
                     'pyright (basedpyright, upstream [tool.pyright]), new since the base:\n' + '\n'.join(
                         f'  {f}: {sev}: {msg} ({rule})' for (f, rule, sev, msg), n in sorted(new.items())
                         for _ in range(n)
-                    )
+                    ),
                 )
             log(
                 f'  pyright: {"FAILED" if new else "ok"} ({len(head)} at HEAD, {len(old)} at the base, '
-                f'{sum(new.values())} new)'
+                f'{sum(new.values())} new)',
             )
     return problems
