@@ -10,6 +10,7 @@ settings (upstream's ``pyproject.toml`` of the linted tree applies: the files ar
 * pre-commit-hooks v4.1.0's hooks that look at source files (``check-docstring-first``,
   ``double-quote-string-fixer``, ``check-ast``, ...); the fixers run on a copy and report the change they would make;
 * Lucas-C/pre-commit-hooks v1.5.4 ``insert-license`` (not on PyPI), reimplemented in :func:`check_license`;
+* reStructuredText pages (upstream's docs) parse with docutils without warnings (:mod:`forktool.rstcheck`);
 * pyright with ``[tool.pyright]``: basedpyright on each changed file at ``HEAD`` and at the base revision; only
   errors and warnings (upstream runs pyright with ``--warnings``) the base does not have are reported.
 
@@ -276,6 +277,15 @@ def lint_upstream(
             if diffs:
                 problems.append(f'{hook[0]} would change:\n' + ''.join(diffs).rstrip())
             log(f'  {hook[0]}: {"FAILED" if diffs else "ok"}')
+        rst_files = [f for f in files if f.endswith('.rst')]
+        if rst_files:
+            # Not a pre-commit hook upstream (it builds its docs with Sphinx); see forktool/rstcheck.py.
+            result = _run([str(bindir / 'python'), '-m', 'forktool.rstcheck', *rst_files],
+                          cwd=head_tree,
+                          env={'PYTHONPATH': str(ROOT)})
+            if result.returncode != 0:
+                problems.append(f'rst (docutils):\n{result.stdout.rstrip()}')
+            log(f'  rst (docutils): {"FAILED" if result.returncode else "ok"}')
         for suffix, hook in SUFFIX_CHECKS.items():
             targets = [f for f in files if f.endswith(suffix)]
             if targets:
