@@ -99,6 +99,7 @@ def _git(repo: Path, *args: str) -> str:
 
 def ensure_venv(path: Path = DEFAULT_VENV, requirements: Path = REQUIREMENTS) -> Path:
     """Create or update the lint venv from the pinned requirements; return its ``bin`` directory."""
+    path = Path(os.path.abspath(path))  # the tools run from temporary trees
     bindir = path / 'bin'
     stamp = path / '.requirements.sha256'
     digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
@@ -215,7 +216,10 @@ def _pyright(bindir: Path, tree: Path, files: list[str], python: str) -> list[tu
     for diag in report.get('generalDiagnostics', []):
         if diag.get('severity') not in ('error', 'warning'):
             continue
-        rel = Path(diag['file']).resolve().relative_to(tree.resolve()).as_posix()
+        path = Path(diag['file']).resolve()
+        if tree.resolve() not in path.parents:
+            continue
+        rel = path.relative_to(tree.resolve()).as_posix()
         found.append((rel, diag.get('rule', ''), diag['severity'], diag['message']))
     return found
 
@@ -230,6 +234,8 @@ def lint_upstream(
 ) -> list[str]:
     """Run upstream's pre-commit checks on the files ``base..HEAD`` adds or changes; return the findings."""
     repo = repo.resolve()
+    # The tools run in temporary trees: an absolute path, but not resolved (a venv's python is a symlink).
+    python = os.path.abspath(python)
     files = changed_files(repo, base)
     if not files:
         log(f'lint-upstream: no file added or changed in {base}..HEAD')
