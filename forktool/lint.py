@@ -256,11 +256,13 @@ def lint_upstream(
             log(f'  {name}: {"FAILED" if result.returncode else "ok"}')
 
         if py_files:
-            # Hook `ruff` (args --fix --exit-non-zero-on-fix): any violation fails it, fixable or not.
-            tool('ruff 0.2.2', [str(bindir / 'ruff'), 'check', '--no-cache', '--no-fix', *py_files])
+            # Hook `ruff` (entry `ruff check --force-exclude`, args --fix --exit-non-zero-on-fix): any violation fails
+            # it, fixable or not.
+            tool('ruff 0.2.2', [str(bindir / 'ruff'), 'check', '--force-exclude', '--no-cache', '--no-fix', *py_files])
             # Hook `yapf` (args -i -vv -p): a file it would reformat fails it.
             tool('yapf 0.43.0', [str(bindir / 'yapf'), '--diff', *py_files])
-            tool('isort 5.12.0', [str(bindir / 'isort'), '--check-only', '--diff', *py_files])
+            # Hook `isort` (its default args: --filter-files).
+            tool('isort 5.12.0', [str(bindir / 'isort'), '--filter-files', '--check-only', '--diff', *py_files])
             doc_files = [f for f in py_files if not PYDOCSTYLE_EXCLUDE.search(f)]
             if doc_files:
                 tool('pydocstyle 6.1.1', [str(bindir / 'pydocstyle'), *doc_files])
