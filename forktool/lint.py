@@ -21,7 +21,6 @@ a tree built by ``make tree`` (base: its ``upstream`` tag).
 from __future__ import annotations
 
 import collections
-import datetime
 import difflib
 import hashlib
 import json
@@ -141,22 +140,19 @@ def export_tree(repo: Path, rev: str, dest: Path, extra: list[str]) -> None:
 def check_license(path: Path, header: str, top_lines_count: int = 5) -> bool:
     """Lucas-C/pre-commit-hooks v1.5.4 ``insert-license --comment-style '#' --allow-past-years``, as a check.
 
-    The hook looks for the header, each line prefixed with the comment style, as consecutive lines (compared
-    stripped) starting in the file's first ``top_lines_count`` lines (its default, 5). ``--allow-past-years`` accepts
-    the header with another year than the license file's, provided that year is not in the future.
+    As the hook: the header, each line prefixed with ``#``, must be found as consecutive lines (compared stripped)
+    starting in the file's first ``top_lines_count`` lines (``--detect-license-in-X-top-lines``, default 5), unless
+    those lines hold the skip comment ``SKIP LICENSE INSERTION``. ``--allow-past-years`` compares the lines with
+    their years (``_YEARS_PATTERN``) removed, so any year, or range of years, is accepted.
     """
     lines = path.read_text(encoding='utf-8', errors='replace').splitlines()
+    if any('SKIP LICENSE INSERTION' in line for line in lines[:top_lines_count]):
+        return True
     license_lines = [f'# {line}' if line.strip() else '#' for line in header.splitlines()]
-    year_re = re.compile(r'\b\d{4}\b')
-    this_year = datetime.date.today().year
+    years = re.compile(r'\b\d{4}([ ,-]+\d{2,4})*\b')
 
     def matches(want: str, have: str) -> bool:
-        want, have = want.strip(), have.strip()
-        if want == have:
-            return True
-        years = year_re.findall(have)
-        return bool(years) and all(int(y) <= this_year for y in years) and year_re.sub('',
-                                                                                       want) == year_re.sub('', have)
+        return years.sub('', want.strip()) == years.sub('', have.strip())
 
     for start in range(top_lines_count):
         if start + len(license_lines) <= len(lines) and all(
