@@ -8,14 +8,17 @@ UPSTREAM ?=
 BRANCH ?= fix-signal-handling-lifecycle
 PYTEST_ARGS ?=
 LINT_PATHS := composer forktool tests bench stress demo setup.py
+# `make lint` builds its own tree here (not build/tree, a developer's) to lint the upstream-bound files in it.
+LINT_TREE ?= build/lint-tree
 
-.PHONY: help venv install demo test test-deps test-upstream lint wheel tree export refresh check-patches pr bench stress clean
+.PHONY: help venv install demo test test-deps test-upstream lint lint-upstream lint-pr wheel tree export refresh check-patches pr bench stress clean
 
 help:
 	@echo "make demo           install the fork into $(VENV) and run the demo (README set-up command 1)"
 	@echo "make test           run the test suite against the installed fork (README set-up command 2)"
 	@echo "make test-upstream  run the signal regression tests against unpatched upstream (expected to fail)"
-	@echo "make venv|install|wheel|lint|check-patches|bench"
+	@echo "make venv|install|wheel|lint|lint-upstream|check-patches|bench"
+	@echo "make lint-pr UPSTREAM=<git checkout> BASE=<rev>  upstream's pre-commit checks on base..HEAD"
 	@echo "make stress [QUICK=1] [SEED=s RUN=i]  signal storm (stress/run.py): 200 runs + 5 race rounds; QUICK: 20 + 1"
 	@echo "make tree | export | refresh | pr UPSTREAM=<git checkout of mosaicml/composer>"
 
@@ -53,6 +56,18 @@ lint: test-deps
 	$(VPY) -m yapf --diff --recursive $(LINT_PATHS)
 	$(VPY) -m isort --check-only --diff $(LINT_PATHS)
 	$(VENV)/bin/hadolint docker/Dockerfile
+	$(MAKE) lint-upstream
+
+# Upstream's .pre-commit-config.yaml checks at its pinned versions (build/lint-venv), on the files the series and the
+# overlay add or change, in a tree of the pinned release (its `upstream` tag is the base).
+lint-upstream: install test-deps
+	$(VPY) -m forktool tree --dest $(LINT_TREE) >/dev/null
+	$(VPY) -m forktool lint-upstream --repo $(LINT_TREE) --base upstream --python $(VPY)
+
+# The same on a branch of an upstream checkout, e.g. a PR branch: make lint-pr UPSTREAM=<checkout> BASE=<rev>
+lint-pr: $(VPY)
+	@test -n "$(UPSTREAM)" -a -n "$(BASE)" || { echo "usage: make lint-pr UPSTREAM=<git checkout> BASE=<rev>"; exit 2; }
+	$(VPY) -m forktool lint-upstream --repo "$(UPSTREAM)" --base "$(BASE)" --python $(VPY)
 
 wheel: $(VPY)
 	$(VPY) -m pip wheel --disable-pip-version-check --no-deps -w dist .

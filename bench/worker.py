@@ -14,10 +14,10 @@ def _peak_rss_mib() -> float:
 
 def _trainer(batches: int, callbacks=(), **kwargs):
     import torch
-    from composer.models import ComposerClassifier
     from torch.utils.data import DataLoader, TensorDataset
 
     from composer import Trainer
+    from composer.models import ComposerClassifier
     from composer.utils import dist
 
     torch.manual_seed(0)

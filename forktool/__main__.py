@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from forktool import ForkError, build, series, upstream
+from forktool import ForkError, build, lint, series, upstream
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +33,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('which', choices=['upstream', 'fork'])
     p.add_argument('--dest', type=Path, required=True)
     sub.add_parser('version', help='print the fork\'s version')
+    p = sub.add_parser(
+        'export-upstream-only',
+        help='write patches/upstream-only/ from a branch of an upstream checkout',
+    )
+    p.add_argument('--repo', type=Path, required=True, help='checkout whose commits base..HEAD are the patches')
+    p.add_argument('--base', required=True, help='the upstream revision they apply to (e.g. v0.32.1)')
+    p.add_argument('--dest', type=Path, default=series.UPSTREAM_ONLY_DIR)
+    p = sub.add_parser('lint-upstream', help='run upstream\'s pre-commit checks on the files base..HEAD changes')
+    p.add_argument('--repo', type=Path, required=True, help='a git checkout of upstream (or a `make tree` tree)')
+    p.add_argument('--base', required=True, help='the upstream revision the branch starts from')
+    p.add_argument('--venv', type=Path, default=lint.DEFAULT_VENV, help='where the pinned tools are installed')
+    p.add_argument('--python', default=sys.executable, help='interpreter whose packages pyright resolves')
+    p.add_argument('--no-pyright', action='store_true')
     args = parser.parse_args(argv)
     try:
         return _dispatch(args)
@@ -75,6 +88,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(_install_target(args.which, args.dest))
     elif args.command == 'version':
         print(upstream.read_pin().fork_version)
+    elif args.command == 'export-upstream-only':
+        for name in series.export(args.repo, args.dest, base=args.base, required=series.UPSTREAM_ONLY_FIELDS):
+            print(args.dest / name)
+    elif args.command == 'lint-upstream':
+        problems = lint.lint_upstream(args.repo, args.base, args.python, args.venv, pyright=not args.no_pyright)
+        for problem in problems:
+            print(f'lint-upstream: {problem}', file=sys.stderr)
+        print(f'lint-upstream: {len(problems)} check(s) failed' if problems else 'lint-upstream: all checks passed')
+        return 1 if problems else 0
     return 0
 
 

@@ -18,6 +18,10 @@ from forktool.upstream import ROOT, Pin, locate, read_pin
 PATCHES_DIR = ROOT / 'patches'
 SERIES_FILE = 'series'
 REQUIRED_FIELDS = ('Description', 'Bug', 'Forwarded', 'Last-Update')
+#: Patches to files that are not in the release artifacts (upstream's docs/), for pull requests only: applied to an
+#: upstream git checkout, never to the build. Their headers also name the pull request topic they belong to.
+UPSTREAM_ONLY_DIR = PATCHES_DIR / 'upstream-only'
+UPSTREAM_ONLY_FIELDS = REQUIRED_FIELDS + ('Topic',)
 #: Directories of ``tests/`` that test the fork's build, not Composer: they stay out of the upstream pull request.
 FORK_ONLY_TESTS = ('tests/fork_build',)
 OVERLAY_COMMIT_SUBJECT = 'Add the fork\'s new modules and tests (overlay)'
@@ -84,11 +88,11 @@ def read_series(patches_dir: Path = PATCHES_DIR) -> list[Patch]:
     return [parse_patch(patches_dir / name) for name in names]
 
 
-def check_headers(patches: Iterable[Patch]) -> list[str]:
+def check_headers(patches: Iterable[Patch], required: tuple[str, ...] = REQUIRED_FIELDS) -> list[str]:
     problems = []
     for patch in patches:
         fields = patch.fields
-        for field in REQUIRED_FIELDS:
+        for field in required:
             if not fields.get(field):
                 problems.append(f'{patch.name}: DEP-3 header field {field} is missing or empty')
     return problems
@@ -226,11 +230,20 @@ def make_tree(dest: Path, pin: Optional[Pin] = None) -> None:
     _git(['commit', '-q', '-m', OVERLAY_COMMIT_SUBJECT], cwd=dest, env=_GIT_ENV)
 
 
-def export(tree: Path, patches_dir: Path = PATCHES_DIR) -> list[str]:
-    """Regenerate ``patches_dir`` from the tree's commits between the upstream tag and the overlay commit."""
+def export(
+    tree: Path,
+    patches_dir: Path = PATCHES_DIR,
+    base: str = UPSTREAM_TAG,
+    required: tuple[str, ...] = REQUIRED_FIELDS,
+) -> list[str]:
+    """Regenerate ``patches_dir`` from the tree's commits between ``base`` and the overlay commit.
+
+    With ``base`` an upstream revision and ``required`` :data:`UPSTREAM_ONLY_FIELDS`, this also exports the
+    upstream-only patches from a branch of an upstream checkout (``python -m forktool export-upstream-only``).
+    """
     if not (tree / '.git').exists():
         raise ForkError(f'{tree} is not a tree made by `make tree`.')
-    revs = _git(['rev-list', '--reverse', f'{UPSTREAM_TAG}..HEAD'], cwd=tree).stdout.split()
+    revs = _git(['rev-list', '--reverse', f'{base}..HEAD'], cwd=tree).stdout.split()
     patches: list[Patch] = []
     for rev in revs:
         message = _git(['log', '-1', '--format=%B', rev], cwd=tree).stdout
@@ -242,11 +255,11 @@ def export(tree: Path, patches_dir: Path = PATCHES_DIR) -> list[str]:
         # Index lines carry blob hashes that churn on every rebase; git apply does not need them.
         diff = ''.join(line for line in diff.splitlines(keepends=True) if not line.startswith('index '))
         patch = Patch(name='', header=header, diff=diff)
-        problems = check_headers([patch])
+        problems = check_headers([patch], required)
         if problems:
             raise ForkError(
                 f'commit {rev[:12]} ({subject.strip()}): its message must be the subject line, a blank '
-                f'line and the DEP-3 header ({", ".join(REQUIRED_FIELDS)}); '
+                f'line and the DEP-3 header ({", ".join(required)}); '
                 f'{"; ".join(p.split(": ", 1)[1] for p in problems)}.',
             )
         patches.append(Patch(name=f'{len(patches) + 1:04d}-{_slug(patch.subject)}.patch', header=header, diff=diff))

@@ -425,7 +425,7 @@ class StopRequest:
         self._requested = True
 
     def vote(self, world_size: int) -> int:
-        """This rank's vote: 0 (go on), 1 (stop) or ``world_size + 1`` (stop: a signal preempted this rank).
+        """Return this rank's vote: 0 (go on), 1 (stop) or ``world_size + 1`` (stop: a signal preempted it).
 
         A sum of votes over all ranks is positive when any rank asks to stop, and above ``world_size`` when a signal
         preempted any rank.

@@ -169,7 +169,7 @@ def test_sigterm_mid_fit_checkpoints_the_batch_in_flight_and_exits_143(
     if moment == 'during its callbacks':
         wait_for_files(str(tmp_path / 'training.rank0'), 1, proc)
         proc.send_signal(signal.SIGTERM)
-    out, err = _finish(proc)
+    _, err = _finish(proc)
     assert proc.returncode == 143, err
     # Exactly one checkpoint, of the batch in flight, through the normal checkpointing (name pattern, latest symlink).
     expected = f'ep0-ba{expected_batch}-rank0.pt'
@@ -198,17 +198,17 @@ def test_resume_after_preemption_equals_the_uninterrupted_run(
 ):
     resume_kwargs = "load_path='checkpoints/latest-rank0.pt'" if resume == 'load_path' else 'autoresume=True'
     proc = start_scenario(
-        RUN + f"fit_and_record(make_run(probe=Probe(signal_at={signal_at}), save_on_preemption=True, "
+        RUN + f'fit_and_record(make_run(probe=Probe(signal_at={signal_at}), save_on_preemption=True, '
         "run_name='job'), 'stopped')\n",
     )
-    out, err = _finish(proc)
+    _, err = _finish(proc)
     assert proc.returncode == 143, err
     checkpoints = _checkpoints(tmp_path / 'checkpoints')
     assert len(checkpoints) == 2, checkpoints  # the preemption checkpoint and its latest symlink
     assert _checkpoint_batch(tmp_path / 'checkpoints' / 'latest-rank0.pt') == signal_at + 1
 
     proc = start_scenario(RUN + f"fit_and_record(make_run(run_name='job', {resume_kwargs}), 'resumed')\n")
-    out, err = _finish(proc)
+    _, err = _finish(proc)
     assert proc.returncode == 0, err
     assert _marks(tmp_path, 'fit_end')['rank0'][-1] == '32'  # the original max_duration: 2 epochs of 16 batches
     _assert_same_weights(reference_weights, tmp_path / 'weights_resumed.pt')
@@ -322,7 +322,7 @@ def test_composer_launcher_sigterm_to_one_rank_stops_every_rank_at_the_same_batc
     wait_for_files(str(tmp_path / 'training.rank*'), 2, proc, timeout=240)
     rank1_pid = int((tmp_path / 'training.rank1').read_text())
     os.kill(rank1_pid, signal.SIGTERM)
-    out, err = _finish(proc)
+    _, err = _finish(proc)
     logs = rank_logs() + err
     assert proc.returncode == 143, logs
     _assert_both_ranks_stopped_at_one_batch_and_checkpointed_it(tmp_path, logs)
@@ -334,13 +334,13 @@ def test_composer_launcher_sigterm_to_one_rank_stops_every_rank_at_the_same_batc
         RUN + "fit_and_record(make_run(load_path='checkpoints/latest-rank0.pt'), 'resumed')\n",
         launcher=composer_launcher(),
     )
-    out, err = _finish(resumed, timeout=240)
+    _, err = _finish(resumed, timeout=240)
     assert resumed.returncode == 0, rank_logs() + err
     reference = start_scenario(
         RUN + "fit_and_record(make_run(save_folder=None), 'reference')\n",
         launcher=composer_launcher(),
     )
-    out, err = _finish(reference, timeout=240)
+    _, err = _finish(reference, timeout=240)
     assert reference.returncode == 0, rank_logs() + err
     _assert_same_weights(tmp_path / 'weights_reference.pt', tmp_path / 'weights_resumed.pt')
 
@@ -358,7 +358,7 @@ def test_torchrun_agent_sigterm_stops_every_rank_at_the_same_batch(
     )
     wait_for_files(str(tmp_path / 'training.rank*'), 2, proc, timeout=240)
     proc.send_signal(signal.SIGTERM)
-    out, err = _finish(proc)
+    _, err = _finish(proc)
     assert proc.returncode != 0  # torchrun reports its own SignalException
     _assert_both_ranks_stopped_at_one_batch_and_checkpointed_it(tmp_path, err)
 
@@ -394,7 +394,7 @@ fit_and_record(trainer, 'stopped')
     time.sleep(max(0.0, first_sent + 0.5 - time.monotonic()))  # a later signal, not the first delivered twice
     second_sent = time.monotonic()
     proc.send_signal(second)
-    out, err = _finish(proc, timeout=60)
+    _, err = _finish(proc, timeout=60)
     elapsed = time.monotonic() - second_sent
     assert proc.returncode == 128 + second, err
     assert f'received {signal.Signals(second).name} again while stopping' in err
@@ -432,7 +432,7 @@ mark('raised', 'nothing')
     )
     wait_for_files(str(tmp_path / 'close.rank0'), 1, proc)
     proc.send_signal(first)
-    out, err = _finish(proc, timeout=60)
+    _, err = _finish(proc, timeout=60)
     assert _marks(tmp_path, 'close') == {'rank0': ['']}, err  # once: not again at interpreter exit
     assert _marks(tmp_path, 'closed') == {'rank0': ['']}, err
     assert _marks(tmp_path, 'post_close') == {'rank0': ['']}, err
@@ -457,7 +457,7 @@ time.sleep(300)
     wait_for_files(str(tmp_path / 'training.rank0'), 1, proc)
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    out, err = _finish(proc, timeout=60)
+    _, err = _finish(proc, timeout=60)
     assert proc.returncode == 143, err
     assert time.monotonic() - sent < 30
     expected = ['ep0-ba2-rank0.pt', 'latest-rank0.pt'] if moment == 'after fit' else []
@@ -466,12 +466,12 @@ time.sleep(300)
 
 def test_sigint_keeps_raising_keyboard_interrupt_with_save_on_preemption(start_scenario, wait_for_files, tmp_path):
     proc = start_scenario(
-        RUN + "fit_and_record(make_run(probe=Probe(announce_at=3, pause=3), save_on_preemption=True), "
+        RUN + 'fit_and_record(make_run(probe=Probe(announce_at=3, pause=3), save_on_preemption=True), '
         "'stopped')\n",
     )
     wait_for_files(str(tmp_path / 'training.rank0'), 1, proc)
     proc.send_signal(signal.SIGINT)
-    out, err = _finish(proc)
+    _, err = _finish(proc)
     assert 'KeyboardInterrupt' in err
     assert proc.returncode != 0
     assert _checkpoints(tmp_path / 'checkpoints') == []
@@ -569,7 +569,7 @@ trainer.close()
     wait_for_files(str(tmp_path / 'child.rank0'), 1, proc)
     child_pid = int((tmp_path / 'child.rank0').read_text())
     os.kill(child_pid, signal.SIGTERM)
-    out, err = _finish(proc)
+    _, err = _finish(proc)
     assert proc.returncode == 0, err
     assert _marks(tmp_path, 'child_status') == {'rank0': [str(-signal.SIGTERM)]}, err  # killed by the signal
     # The parent trained to the end undisturbed; the child closed nothing and saved nothing.
@@ -600,10 +600,10 @@ except SystemExit as e:
     assert len(workers) == 2, workers
     for process in [psutil.Process(proc.pid), *workers]:  # the whole job at once, parent first
         process.send_signal(signal.SIGTERM)
-    out, err = _finish(proc)
+    _, err = _finish(proc)
     assert proc.returncode == 143, err
     assert 'DataLoader worker' not in err, err
     assert _marks(tmp_path, 'exit') == {'rank0': ['143']}
     assert _checkpoints(tmp_path / 'checkpoints') == ['ep0-ba3-rank0.pt', 'latest-rank0.pt'], err
-    gone, alive = psutil.wait_procs(workers, timeout=30)
+    _, alive = psutil.wait_procs(workers, timeout=30)
     assert alive == [], alive  # no worker outlives the job

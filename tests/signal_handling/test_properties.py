@@ -96,10 +96,10 @@ def test_a_non_bool_enable_signal_handling_is_a_type_error(value):
 @given(value=st.one_of(NOT_BOOLS, st.none()))
 def test_a_non_bool_save_on_preemption_is_a_type_error_at_construction(value):
     import torch
-    from composer.models import ComposerClassifier
     from torch.utils.data import DataLoader, TensorDataset
 
     from composer import Trainer
+    from composer.models import ComposerClassifier
 
     model = ComposerClassifier(torch.nn.Linear(2, 2), num_classes=2)
     dataset = TensorDataset(torch.randn(4, 2), torch.randint(0, 2, (4,)))

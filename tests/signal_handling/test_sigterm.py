@@ -43,7 +43,7 @@ def test_sigterm_during_fit_exits_143_after_closing(start_scenario, wait_for_fil
     proc = start_scenario('TRAINER_KWARGS = {}\n' + LONG_FIT)
     wait_for_files(str(tmp_path / 'training.rank0'), 1, proc)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert _markers(tmp_path) == ['close.rank0', 'post_close.rank0'], err
 
@@ -52,7 +52,7 @@ def test_sigterm_with_signal_handling_disabled_is_the_os_default(start_scenario,
     proc = start_scenario('TRAINER_KWARGS = {"enable_signal_handling": False}\n' + LONG_FIT)
     wait_for_files(str(tmp_path / 'training.rank0'), 1, proc)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGTERM, err
     assert _markers(tmp_path) == []
 
@@ -71,7 +71,7 @@ TRAINER_KWARGS = {}
     )
     wait_for_files(str(tmp_path / 'training.rank0'), 1, proc)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 7, err
     assert (tmp_path / 'user_handler.rank0').read_text() == 'called'
     # The user's handler exited through Python, so the engine still closed at exit.
@@ -91,7 +91,7 @@ def test_composer_launcher_sigterm_closes_every_rank(
     wait_for_files(str(tmp_path / 'training.rank*'), 2, proc, timeout=240)
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     elapsed = time.monotonic() - started
     logs = rank_logs()
     assert _markers(tmp_path) == ['close.rank0', 'close.rank1', 'post_close.rank0', 'post_close.rank1'], logs + err
