@@ -51,8 +51,14 @@ class Pin:
 
 def read_pin(path: Path = PIN_FILE) -> Pin:
     parser = configparser.ConfigParser()
-    if not parser.read(path, encoding='utf-8'):
-        raise ForkError(f'{path} is missing: it records the pinned upstream release.')
+    restore = 'Restore it with `git checkout -- upstream.cfg` (or from a clean clone of the fork).'
+    try:
+        with open(path, encoding='utf-8') as f:
+            parser.read_file(f)
+    except FileNotFoundError:
+        raise ForkError(f'{path} is missing: it records the pinned upstream release. {restore}') from None
+    except (OSError, UnicodeDecodeError, configparser.Error) as e:
+        raise ForkError(f'{path} cannot be read ({type(e).__name__}: {e}). {restore}') from None
     try:
         pin = Pin(
             version=parser['upstream']['version'].strip(),
