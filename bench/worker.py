@@ -69,12 +69,12 @@ def measure_fit(batches: int, mode: str = 'plain') -> dict:
 
     import composer
     rss_import = _peak_rss_mib()
-    folder = tempfile.mkdtemp(prefix='bench-checkpoints-')  # one per process: every rank saves into its own
-    trainer = _trainer(batches, **_checkpoint_kwargs(mode, folder))
-    start = time.perf_counter()
-    trainer.fit()
-    elapsed = time.perf_counter() - start
-    trainer.close()
+    with tempfile.TemporaryDirectory(prefix='bench-checkpoints-') as folder:  # one per process: one per rank
+        trainer = _trainer(batches, **_checkpoint_kwargs(mode, folder))
+        start = time.perf_counter()
+        trainer.fit()
+        elapsed = time.perf_counter() - start
+        trainer.close()
     return {
         'batches_per_second': batches / elapsed,
         'rss_after_import_mib': rss_import,
