@@ -363,7 +363,9 @@ def run_one(plan: Plan, out: Path) -> Result:
     if stop is not None and result.checkpoint_batch != stop:
         violations.append(f'save_on_preemption: the checkpoint holds batch {result.checkpoint_batch}, expected {stop}')
     if result.interrupted_batch is not None:
-        result.lost_batches = result.interrupted_batch - (result.checkpoint_batch or 0)
+        # Batches done when the signal came that the checkpoint autoresume picks does not hold (0 when a stop saved
+        # a later batch: with several ranks a signal after the batch's all-reduce stops after the next batch).
+        result.lost_batches = max(0, result.interrupted_batch - (result.checkpoint_batch or 0))
 
     # Resume and compare with the uninterrupted run.
     resume_tag = uuid.uuid4().hex
