@@ -603,10 +603,17 @@ def engine_closing(close: _F) -> _F:
 
 
 def _defer_until_closed(signum: int, previous: _Handler) -> None:
-    """Keep the effect of a signal that arrived while the main thread closes an engine until the close returns."""
+    """Keep the effect of a signal that arrived while the main thread closes an engine until the close returns.
+
+    At interpreter exit (the engines' exit hooks) the process is already ending: the close finishes and the exit
+    goes on with its own status (an exception raised in an exit hook would only be printed).
+    """
     global _deferred_signal
-    _deferred_signal = (signum, previous)
     effect = 'KeyboardInterrupt' if callable(previous) else f'exit code {128 + signum}'
+    if threading.main_thread().is_alive():
+        _deferred_signal = (signum, previous)
+    else:  # Python marks the main thread stopped before it runs the exit hooks
+        effect = 'the interpreter exits'
     message = (
         f'Composer: received {signal.Signals(signum).name} while the engine closes; {effect} once it has closed. '
         'Send SIGTERM or SIGINT again to exit at once.\n'

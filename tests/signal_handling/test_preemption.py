@@ -443,6 +443,34 @@ mark('raised', 'nothing')
         assert proc.returncode == 143, err
 
 
+def test_first_signal_while_engines_close_at_interpreter_exit_lets_the_exit_go_on(
+    start_scenario,
+    wait_for_files,
+    tmp_path,
+):
+    """The program ended without closing its trainer: the exit hook's close finishes once, without a traceback."""
+    proc = start_scenario(
+        RUN + """
+class SlowClose(Probe):
+    def close(self, state, logger):
+        mark('close')
+        time.sleep(2)
+        mark('closed')
+
+trainer = make_run(probe=SlowClose(), max_duration='2ba')
+trainer.fit()
+""",
+    )
+    wait_for_files(str(tmp_path / 'close.rank0'), 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = _finish(proc, timeout=60)
+    assert _marks(tmp_path, 'closed') == {'rank0': ['']}, err
+    assert _marks(tmp_path, 'post_close') == {'rank0': ['']}, err
+    assert 'received SIGTERM while the engine closes; the interpreter exits once it has closed' in err
+    assert 'Traceback' not in err and 'Exception ignored' not in err, err
+    assert proc.returncode == 0, err  # the program's own status: it had ended normally
+
+
 @pytest.mark.parametrize('moment', ['before fit', 'after fit'])
 def test_sigterm_outside_fit_exits_143_promptly(start_scenario, wait_for_files, tmp_path, moment):
     proc = start_scenario(
