@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from forktool import ForkError, build, series, upstream
+from forktool import ForkError, build, series, topics, upstream
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser('pr', help='create a branch with the series, overlay and tests in an upstream checkout')
     p.add_argument('--upstream', type=Path, required=True)
     p.add_argument('--branch', default='fix-signal-handling-lifecycle')
+    p = sub.add_parser('overlay-states', help='write each topic\'s state of composer/ and tests/ (to edit an earlier one)')
+    p.add_argument('--dest', type=Path, default=upstream.ROOT / 'build' / 'overlay-states')
+    p = sub.add_parser('overlay-export', help='regenerate patches/overlay/ from the (edited) topic states')
+    p.add_argument('--states', type=Path, default=upstream.ROOT / 'build' / 'overlay-states')
     p = sub.add_parser('refresh', help='record the pinned version\'s hashes (after a version change) and rebase')
     p.add_argument('--tree', type=Path, default=upstream.ROOT / 'build' / 'tree')
     p = sub.add_parser('target', help='install upstream\'s or the fork\'s package alone (--no-deps) into a directory')
@@ -69,6 +73,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == 'pr':
         branch = series.make_pr_branch(args.upstream.resolve(), args.branch)
         print(f'{args.upstream}: branch {branch} created; review it with `git log -p`, then push it.')
+    elif args.command == 'overlay-states':
+        for name, state in topics.overlay_states(args.dest).items():
+            print(f'{name}: {state}')
+    elif args.command == 'overlay-export':
+        for path in topics.export_overlay_patches(args.states):
+            print(path)
     elif args.command == 'refresh':
         _refresh(args.tree)
     elif args.command == 'target':

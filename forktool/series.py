@@ -18,8 +18,9 @@ from forktool.upstream import ROOT, Pin, locate, read_pin
 PATCHES_DIR = ROOT / 'patches'
 SERIES_FILE = 'series'
 REQUIRED_FIELDS = ('Description', 'Bug', 'Forwarded', 'Last-Update')
-#: Directories of ``tests/`` that test the fork's build, not Composer: they stay out of the upstream pull request.
-FORK_ONLY_TESTS = ('tests/fork_build',)
+#: Paths under ``tests/`` that serve the fork, not Composer (its build's tests, its test requirements): they stay out
+#: of the developer tree and of every upstream pull request.
+FORK_ONLY_TESTS = ('tests/fork_build', 'tests/requirements.txt')
 OVERLAY_COMMIT_SUBJECT = 'Add the fork\'s new modules and tests (overlay)'
 UPSTREAM_TAG = 'upstream'
 # Plain, reproducible diffs whatever the user's git configuration says.
