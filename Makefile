@@ -5,7 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 UPSTREAM ?=
-BRANCH ?= fix-signal-handling-lifecycle
+BRANCH ?= signals
+TOPIC ?=
+EVIDENCE ?= 1
 PYTEST_ARGS ?=
 LINT_PATHS := composer forktool tests bench demo setup.py
 
@@ -16,7 +18,8 @@ help:
 	@echo "make test           run the test suite against the installed fork (README set-up command 2)"
 	@echo "make test-upstream  run the signal regression tests against unpatched upstream (expected to fail)"
 	@echo "make venv|install|wheel|lint|check-patches|bench"
-	@echo "make tree | export | refresh | pr UPSTREAM=<git checkout of mosaicml/composer>"
+	@echo "make tree | export | refresh | pr UPSTREAM=<git checkout of mosaicml/composer> [TOPIC=<name>] [EVIDENCE=0]"
+	@echo "make check-patches [UPSTREAM=<git checkout of mosaicml/composer>]"
 
 # pip >= 24.1 parses `mosaicml @ git+file://...` requirements (older pips reject file URLs in them).
 $(VPY):
@@ -66,11 +69,12 @@ refresh: $(VPY)
 	$(VPY) -m forktool refresh
 
 check-patches: $(VPY)
-	$(VPY) -m forktool check
+	$(VPY) -m forktool check $(if $(UPSTREAM),--upstream "$(UPSTREAM)")
 
 pr: $(VPY)
 	@test -n "$(UPSTREAM)" || { echo "usage: make pr UPSTREAM=<path to a git checkout of mosaicml/composer>"; exit 2; }
-	$(VPY) -m forktool pr --upstream "$(UPSTREAM)" --branch "$(BRANCH)"
+	$(VPY) -m forktool pr --upstream "$(UPSTREAM)" --prefix "$(BRANCH)" $(if $(TOPIC),--topic "$(TOPIC)") \
+		$(if $(filter 0,$(EVIDENCE)),--no-evidence)
 
 bench: install test-deps
 	$(VPY) bench/run.py $(if $(QUICK),--quick) $(if $(CHECK),--check)
