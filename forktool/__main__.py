@@ -25,15 +25,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--dest', type=Path, default=series.PATCHES_DIR)
     p = sub.add_parser('check', help='check headers, topics and exact application of every patch to the pinned release')
     p.add_argument('--upstream', type=Path, help='also apply every topic to this git checkout of upstream')
-    p = sub.add_parser('pr', help='create one branch per topic (series, overlay, tests, PR-only docs) in an upstream '
-                       'checkout, and its description in build/pr/<topic>.md')
+    p = sub.add_parser(
+        'pr',
+        help='create one branch per topic (series, overlay, tests, PR-only docs) in an upstream '
+        'checkout, and its description in build/pr/<topic>.md',
+    )
     p.add_argument('--upstream', type=Path, required=True)
     p.add_argument('--topic', help='only this topic (and the earlier topics it stacks on, unless their branches exist)')
     p.add_argument('--prefix', default=pr.DEFAULT_PREFIX, help='branches are named <prefix>/<topic>')
-    p.add_argument('--no-evidence', dest='evidence', action='store_false',
-                   help='do not run tests; the descriptions say that no evidence was collected')
+    p.add_argument(
+        '--no-evidence',
+        dest='evidence',
+        action='store_false',
+        help='do not run tests; the descriptions say that no evidence was collected',
+    )
     p.add_argument('--out', type=Path, default=upstream.ROOT / 'build' / 'pr', help='where <topic>.md is written')
-    p = sub.add_parser('overlay-states', help='write each topic\'s state of composer/ and tests/ (to edit an earlier one)')
+    p = sub.add_parser(
+        'overlay-states',
+        help='write each topic\'s state of composer/ and tests/ (to edit an earlier one)',
+    )
     p.add_argument('--dest', type=Path, default=upstream.ROOT / 'build' / 'overlay-states')
     p = sub.add_parser('overlay-export', help='regenerate patches/overlay/ from the (edited) topic states')
     p.add_argument('--states', type=Path, default=upstream.ROOT / 'build' / 'overlay-states')

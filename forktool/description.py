@@ -80,7 +80,8 @@ TOPIC_TEXT = {
                 'installed (a worker thread, a sub-interpreter, a refusing framework) training continues with one '
                 'warning per process; in a Ray worker Composer leaves the signals to Ray. The `composer` launcher '
                 'acquires the handlers explicitly for its clean-up of the ranks, and '
-                '`Trainer(enable_signal_handling=False)` / `COMPOSER_SIGNAL_HANDLING=0` opt out.'),
+                '`Trainer(enable_signal_handling=False)` / `COMPOSER_SIGNAL_HANDLING=0` opt out.'
+            ),
             behaviour=(
                 ('`import composer`', 'installs SIGTERM/SIGINT handlers', 'touches nothing'),
                 ('handlers installed', 'forever, from import', 'while a Trainer/Engine is open'),
@@ -119,13 +120,20 @@ TOPIC_TEXT = {
                 'with 128 + signal number.\n\n'
                 'The last patch (close each engine once: `close()` unregisters the engine\'s own exit hook) duplicates '
                 f'upstream\'s open pull request [#3943]({_UPSTREAM}/pull/3943); it is needed here because a preemption '
-                'exit closes the engine before raising, and should be dropped from this PR once #3943 is merged.'),
+                'exit closes the engine before raising, and should be dropped from this PR once #3943 is merged.'
+            ),
             behaviour=(
-                ('SIGTERM during `fit()` with `save_on_preemption=True`', '(no such option)',
-                 'stop after the batch in flight on every rank, checkpoint it, exit 143'),
+                (
+                    'SIGTERM during `fit()` with `save_on_preemption=True`',
+                    '(no such option)',
+                    'stop after the batch in flight on every rank, checkpoint it, exit 143',
+                ),
                 ('stop training from another thread', 'not possible', '`trainer.request_stop()`'),
-                ('a second SIGTERM/SIGINT while stopping or closing', '`SystemExit` again, wherever the main thread is',
-                 'exits at once with 128 + signal number'),
+                (
+                    'a second SIGTERM/SIGINT while stopping or closing',
+                    '`SystemExit` again, wherever the main thread is',
+                    'exits at once with 128 + signal number',
+                ),
                 ('callbacks\' `close()` after `trainer.close()`', 'run again at interpreter exit', 'run once'),
             ),
             notice=(
@@ -148,10 +156,14 @@ TOPIC_TEXT = {
                 'A process killed (SIGKILL after a preemption grace period, OOM) while Composer writes a checkpoint '
                 'or updates the `latest` symlink can leave a truncated checkpoint or a dangling symlink, and autoresume '
                 'then fails. This PR writes checkpoints and the symlink to a temporary name and renames them into '
-                'place (atomic on POSIX file systems). It is independent of the signal-handling PRs.'),
+                'place (atomic on POSIX file systems). It is independent of the signal-handling PRs.'
+            ),
             behaviour=(
-                ('SIGKILL while a checkpoint is written', 'a truncated file under the final name may remain',
-                 'the previous checkpoint stays intact; no partial file under the final name'),
+                (
+                    'SIGKILL while a checkpoint is written',
+                    'a truncated file under the final name may remain',
+                    'the previous checkpoint stays intact; no partial file under the final name',
+                ),
                 ('SIGKILL while `latest` is updated', 'the symlink may be missing or dangling', 'old or new target'),
             ),
             notice=('A temporary file next to the checkpoint may be left behind by a killed process.',),
@@ -264,11 +276,14 @@ def collect_evidence(branch: TopicBranch, upstream: Path, root: Path = ROOT) -> 
                     if rel.startswith('tests/') and (rel in fork_tests or not Path(rel).name.startswith('test_')):
                         (on_base / rel).parent.mkdir(parents=True, exist_ok=True)
                         shutil.copyfile(src, on_base / rel)
-                runs.append(run_pytest(on_base, fork_tests, 'the same tests', f'{base_name} (`{branch.base_commit[:9]}`)'))
+                runs.append(
+                    run_pytest(on_base, fork_tests, 'the same tests', f'{base_name} (`{branch.base_commit[:9]}`)'),
+                )
             targets = upstream_test_targets(branch.topic.files(), on_branch)
             if targets:
-                runs.append(run_pytest(on_branch, targets, 'upstream\'s tests of the changed modules',
-                                       f'`{branch.branch}`'))
+                runs.append(
+                    run_pytest(on_branch, targets, 'upstream\'s tests of the changed modules', f'`{branch.branch}`'),
+                )
         finally:
             for path in (on_branch, on_base):
                 _git(['worktree', 'remove', '--force', str(path)], cwd=upstream, check=False)
@@ -297,8 +312,10 @@ def _runs_table(runs: list[TestRun]) -> list[str]:
         if run.note:
             lines.append(f'| {run.label} | {run.where} | {run.note} | | | | {run.seconds:.0f} s |')
         else:
-            lines.append(f'| {run.label} | {run.where} | {run.passed} | {run.failed} | {run.errors} | {run.skipped} | '
-                         f'{run.seconds:.0f} s |')
+            lines.append(
+                f'| {run.label} | {run.where} | {run.passed} | {run.failed} | {run.errors} | {run.skipped} | '
+                f'{run.seconds:.0f} s |',
+            )
     lines.append('')
     for run in runs:
         lines.append(f'- {run.label} on {run.where}: `pytest {" ".join(run.targets)}`')
@@ -312,17 +329,16 @@ def _runs_table(runs: list[TestRun]) -> list[str]:
 def render(branch: TopicBranch, upstream_head: str, runs: Optional[list[TestRun]], stack: list[str]) -> str:
     """The description's Markdown. ``runs`` is ``None`` when no evidence was collected."""
     topic = branch.topic
-    text = TOPIC_TEXT.get(topic.name) or TopicText(summary='(no summary recorded for this topic)',
-                                                   behaviour=(),
-                                                   notice=(),
-                                                   issues=(),
-                                                   discussed=False)
+    text = TOPIC_TEXT.get(
+        topic.name,
+    ) or TopicText(summary='(no summary recorded for this topic)', behaviour=(), notice=(), issues=(), discussed=False)
     out = ['# What does this PR do?', '', text.summary, '']
     if stack:
         out += [
-            f'This branch (`{branch.branch}`) stacks on `{branch.base}`: review and merge '
-            + ', then '.join(f'`{s}`' for s in stack) + ' first. This PR\'s own commits are '
-            f'`{branch.base}..{branch.branch}`.', ''
+            f'This branch (`{branch.branch}`) stacks on `{branch.base}`: review and merge ' +
+            ', then '.join(f'`{s}`' for s in stack) + ' first. This PR\'s own commits are '
+            f'`{branch.base}..{branch.branch}`.',
+            '',
         ]
     if text.behaviour:
         out += ['## Behaviour, before and after', '', '| | before | after |', '| --- | --- | --- |']
@@ -338,12 +354,14 @@ def render(branch: TopicBranch, upstream_head: str, runs: Optional[list[TestRun]
         'Upstream has no CI workflows any more (mosaicml/composer#3934), so this PR brings its own evidence, gathered '
         f'by `make pr` (forktool) on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC against '
         f'upstream `{upstream_head}`, with upstream\'s own pytest configuration (pyproject.toml), on '
-        f'Python {sys.version.split()[0]}.', ''
+        f'Python {sys.version.split()[0]}.',
+        '',
     ]
     if runs is None:
         out += [
             '**Evidence was not collected in this run** (`make pr ... EVIDENCE=0` / `--no-evidence`); no test counts '
-            'are claimed here. Re-run `make pr UPSTREAM=<checkout> TOPIC=' + topic.name + '` to collect them.', ''
+            'are claimed here. Re-run `make pr UPSTREAM=<checkout> TOPIC=' + topic.name + '` to collect them.',
+            '',
         ]
     elif not runs:
         out += ['This topic has no tests of its own and changes no module that upstream tests map to.', '']
@@ -352,12 +370,14 @@ def render(branch: TopicBranch, upstream_head: str, runs: Optional[list[TestRun]
         if len(runs) > 1 and runs[1].label == 'the same tests':
             out += [
                 'The run on the base is expected to fail: those failures are the bugs (or the missing feature) this '
-                'PR addresses.', ''
+                'PR addresses.',
+                '',
             ]
     out += ['### Benchmarks', ''] + _benchmark_section() + ['']
     out += ['# What issue(s) does this change relate to?', ''] + [f'- {i}' for i in text.issues] + ['']
     branch_ok = runs is not None and bool(runs) and all(
-        not r.note and r.failed == 0 and r.errors == 0 for r in runs if r.label != 'the same tests')
+        not r.note and r.failed == 0 and r.errors == 0 for r in runs if r.label != 'the same tests'
+    )
     docs = bool(topic.upstream_only)
     out += [
         '# Before submitting',
@@ -366,12 +386,12 @@ def render(branch: TopicBranch, upstream_head: str, runs: Optional[list[TestRun]
         '- [ ] Is this change a documentation change or typo fix? If so, skip the rest of this checklist.',
         f'- [{"x" if text.discussed else " "}] Was this change discussed/approved in a GitHub issue first? It is much '
         'more likely to be merged if so.' + ('' if text.discussed else ' (Not yet: this PR opens the discussion.)'),
-        f'- [{"x" if docs else " "}] Did you update any related docs and document your change?'
-        + ('' if docs else ' (No docs change in this topic.)'),
+        f'- [{"x" if docs else " "}] Did you update any related docs and document your change?' +
+        ('' if docs else ' (No docs change in this topic.)'),
         '- [x] Did you update any related tests and add any new tests related to your change? (see [testing]'
         '(https://github.com/mosaicml/composer/blob/main/CONTRIBUTING.md#running-tests))',
-        f'- [{"x" if branch_ok else " "}] Did you run the tests locally to make sure they pass?'
-        + ('' if branch_ok else ' (See Evidence: not collected, or not all passing.)'),
+        f'- [{"x" if branch_ok else " "}] Did you run the tests locally to make sure they pass?' +
+        ('' if branch_ok else ' (See Evidence: not collected, or not all passing.)'),
         '- [ ] Did you run `pre-commit` on your change? (see the `pre-commit` section of [prerequisites]'
         '(https://github.com/mosaicml/composer/blob/main/CONTRIBUTING.md#prerequisites)) (Not run by `make pr`.)',
         '',

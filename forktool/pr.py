@@ -67,7 +67,8 @@ def _require_clean(upstream: Path) -> None:
     if status.strip():
         raise ForkError(
             f'{upstream} has uncommitted changes; refusing to touch it. Commit or stash them first:\n'
-            f'{status.rstrip()}',)
+            f'{status.rstrip()}',
+        )
 
 
 def _branch_exists(upstream: Path, branch: str) -> bool:
@@ -116,7 +117,8 @@ def make_topic_branches(
     for name in wanted:
         if _branch_exists(upstream, f'{prefix}/{name}'):
             raise ForkError(
-                f'{upstream} already has a branch {prefix}/{name}; delete it or pass BRANCH=<another prefix>.')
+                f'{upstream} already has a branch {prefix}/{name}; delete it or pass BRANCH=<another prefix>.',
+            )
     # Identity comes from the checkout's own git config when it has one.
     identity = {k: v for k, v in _GIT_ENV.items() if 'DATE' not in k}
     if _git(['config', 'user.email'], cwd=upstream, check=False).stdout.strip():
@@ -149,6 +151,7 @@ def make_topic_branches(
 
 
 def _build_topic(upstream: Path, topic: Topic, state: Path, previous: Optional[Path], identity: dict) -> None:
+
     def commit(message: str) -> None:
         _git(['commit', '-q', '--cleanup=verbatim', '-F', '-'], cwd=upstream, env=identity, stdin=message)
 
@@ -188,7 +191,9 @@ def check_against_checkout(upstream: Path, root: Path = ROOT) -> tuple[list[str]
         previous: Optional[Path] = None
         for topic in topics:
             for patch in (*topic.patches, *topic.upstream_only):
-                result = _git(['apply', '--verbose', '--whitespace=nowarn', '-'], cwd=copy, check=False,
+                result = _git(['apply', '--verbose', '--whitespace=nowarn', '-'],
+                              cwd=copy,
+                              check=False,
                               stdin=patch.diff)
                 if result.returncode != 0:
                     problems.append(f'{topic.name}: {patch.name} does not apply:\n{result.stderr.strip()}')

@@ -289,4 +289,3 @@ def check(pin: Optional[Pin] = None) -> list[str]:
         if regenerated_series != (PATCHES_DIR / SERIES_FILE).read_text(encoding='utf-8'):
             problems.append('patches/series does not match the patch names git regenerates; run `make export`.')
     return problems
-

@@ -122,7 +122,8 @@ def check_topics(patches_dir: Path = PATCHES_DIR) -> list[str]:
         if patch.fields.get('Topic') not in names:
             problems.append(
                 f'{UPSTREAM_ONLY_DIR}/{patch.name}: its Topic field must name a topic of {TOPICS_FILE} '
-                f'({", ".join(names)}), not {patch.fields.get("Topic")!r}',)
+                f'({", ".join(names)}), not {patch.fields.get("Topic")!r}',
+            )
     # PR-only patches apply topic by topic: their series order must follow the topics' order.
     order = [names.index(p.fields['Topic']) for p in extra if p.fields.get('Topic') in names]
     if order != sorted(order):
@@ -167,7 +168,8 @@ def overlay_states(dest: Path, topics: Optional[list[Topic]] = None, root: Path 
                     raise ForkError(
                         f'patches/{OVERLAY_DIR}/{overlay.name} does not reverse-apply to the final state of '
                         f'composer/ and tests/:\n{result.stderr.strip()}\nRegenerate it: `python -m forktool '
-                        'overlay-states`, edit, then `python -m forktool overlay-export`.',)
+                        'overlay-states`, edit, then `python -m forktool overlay-export`.',
+                    )
         states[topic.name] = state
         later = topic
     return dict(reversed(list(states.items())))
@@ -226,7 +228,8 @@ def check_overlay(root: Path = ROOT) -> list[str]:
                 if overlay_diff(states[before.name], states[after.name]) != stored:
                     problems.append(
                         f'{OVERLAY_DIR}/{path.name}: does not reproduce exactly (stale context or line numbers); '
-                        'run `python -m forktool overlay-states`, then `python -m forktool overlay-export`.',)
+                        'run `python -m forktool overlay-states`, then `python -m forktool overlay-export`.',
+                    )
             return problems
     except ForkError as e:
         return [str(e)]
