@@ -8,6 +8,7 @@ UPSTREAM ?=
 BRANCH ?= signals
 TOPIC ?=
 EVIDENCE ?= 1
+PR_DIR ?= build/pr
 PYTEST_ARGS ?=
 LINT_PATHS := composer forktool tests bench demo setup.py
 
@@ -73,8 +74,8 @@ check-patches: $(VPY)
 
 pr: $(VPY)
 	@test -n "$(UPSTREAM)" || { echo "usage: make pr UPSTREAM=<path to a git checkout of mosaicml/composer>"; exit 2; }
-	$(VPY) -m forktool pr --upstream "$(UPSTREAM)" --prefix "$(BRANCH)" $(if $(TOPIC),--topic "$(TOPIC)") \
-		$(if $(filter 0,$(EVIDENCE)),--no-evidence)
+	$(VPY) -m forktool pr --upstream "$(UPSTREAM)" --prefix "$(BRANCH)" --out "$(PR_DIR)" \
+		$(if $(TOPIC),--topic "$(TOPIC)") $(if $(filter 0,$(EVIDENCE)),--no-evidence)
 
 bench: install test-deps
 	$(VPY) bench/run.py $(if $(QUICK),--quick) $(if $(CHECK),--check)
