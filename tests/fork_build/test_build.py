@@ -111,7 +111,10 @@ def test_export_after_tree_reproduces_patches_byte_for_byte(tmp_path):
     assert log.stdout.splitlines() == [series.OVERLAY_COMMIT_SUBJECT] + [p.subject for p in reversed(patches)]
     exported = tmp_path / 'patches'
     series.export(tree, exported)
-    originals = sorted(p.name for p in series.PATCHES_DIR.iterdir())
+    # What export writes: the series file and the patches (not patches/topics, overlay/ or upstream-only/).
+    originals = sorted(
+        p.name for p in series.PATCHES_DIR.iterdir() if p.name == series.SERIES_FILE or p.suffix == '.patch'
+    )
     assert sorted(p.name for p in exported.iterdir()) == originals
     for name in originals:
         assert (exported / name).read_bytes() == (series.PATCHES_DIR / name).read_bytes(), name
