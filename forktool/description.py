@@ -180,6 +180,7 @@ class TestRun:
     label: str
     where: str
     targets: list[str]
+    on_base: bool = False  # run on the branch's base (failures expected for the topic's own tests)
     passed: int = 0
     failed: int = 0
     errors: int = 0
@@ -210,12 +211,33 @@ def parse_junit(path: Path) -> tuple[int, int, int, int, list[str]]:
     return tests - failures - errors - skipped, failures, errors, skipped, failed_names
 
 
-def run_pytest(checkout: Path, targets: list[str], label: str, where: str, timeout: float = RUN_TIMEOUT) -> TestRun:
-    """Run pytest on ``targets`` inside ``checkout``, with upstream's own pytest configuration."""
-    run = TestRun(label=label, where=where, targets=targets)
+def run_pytest(
+    checkout: Path,
+    targets: list[str],
+    label: str,
+    where: str,
+    on_base: bool = False,
+    timeout: float = RUN_TIMEOUT,
+) -> TestRun:
+    """Run pytest on ``targets`` inside ``checkout``, with upstream's own pytest configuration.
+
+    A test file that cannot be imported (on the base, the module under test may not exist) is an error of that file,
+    not the end of the run (``--continue-on-collection-errors``).
+    """
+    run = TestRun(label=label, where=where, targets=targets, on_base=on_base)
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / 'junit.xml'
-        command = [sys.executable, '-m', 'pytest', '-p', 'no:cacheprovider', '-q', f'--junitxml={report}', *targets]
+        command = [
+            sys.executable,
+            '-m',
+            'pytest',
+            '-p',
+            'no:cacheprovider',
+            '-q',
+            '--continue-on-collection-errors',
+            f'--junitxml={report}',
+            *targets,
+        ]
         env = {**os.environ, 'PYTHONPATH': str(checkout)}
         started = time.monotonic()
         try:
@@ -249,7 +271,7 @@ def upstream_test_targets(files: list[str], checkout: Path) -> list[str]:
 
 
 def collect_evidence(branch: TopicBranch, upstream: Path, root: Path = ROOT) -> list[TestRun]:
-    """Run the topic's tests on its branch and on its base, and upstream's tests of the changed modules on the branch."""
+    """Run the topic's tests, then upstream's tests of the modules it changes, each on the branch and on its base."""
     topics = read_topics(root / 'patches')
     names = [t.name for t in topics]
     index = names.index(branch.topic.name)
@@ -269,6 +291,7 @@ def collect_evidence(branch: TopicBranch, upstream: Path, root: Path = ROOT) -> 
         _git(['worktree', 'add', '-q', '--detach', str(on_base), branch.base_commit], cwd=upstream)
         try:
             base_name = 'unpatched upstream' if index == 0 else f'the previous topic\'s branch ({branch.base})'
+            base_where = f'{base_name} (`{branch.base_commit[:9]}`)'
             if fork_tests:
                 runs.append(run_pytest(on_branch, fork_tests, 'this topic\'s tests', f'`{branch.branch}`'))
                 # The same test files (and their conftest) on the base: their failures show what the topic fixes.
@@ -276,14 +299,13 @@ def collect_evidence(branch: TopicBranch, upstream: Path, root: Path = ROOT) -> 
                     if rel.startswith('tests/') and (rel in fork_tests or not Path(rel).name.startswith('test_')):
                         (on_base / rel).parent.mkdir(parents=True, exist_ok=True)
                         shutil.copyfile(src, on_base / rel)
-                runs.append(
-                    run_pytest(on_base, fork_tests, 'the same tests', f'{base_name} (`{branch.base_commit[:9]}`)'),
-                )
+                runs.append(run_pytest(on_base, fork_tests, 'the same tests', base_where, on_base=True))
             targets = upstream_test_targets(branch.topic.files(), on_branch)
             if targets:
-                runs.append(
-                    run_pytest(on_branch, targets, 'upstream\'s tests of the changed modules', f'`{branch.branch}`'),
-                )
+                label = 'upstream\'s tests of the changed modules'
+                runs.append(run_pytest(on_branch, targets, label, f'`{branch.branch}`'))
+                # On the base too: a test that fails there as well fails for a reason this topic does not change.
+                runs.append(run_pytest(on_base, targets, label, base_where, on_base=True))
         finally:
             for path in (on_branch, on_base):
                 _git(['worktree', 'remove', '--force', str(path)], cwd=upstream, check=False)
@@ -324,6 +346,39 @@ def _runs_table(runs: list[TestRun]) -> list[str]:
             more = f' and {len(run.failed_names) - len(shown)} more' if len(run.failed_names) > len(shown) else ''
             lines.append('  failing: ' + ', '.join(f'`{name}`' for name in shown) + more)
     return lines
+
+
+def _new_failures(runs: list[TestRun]) -> list[str]:
+    """Tests that fail on the branch: any of the topic's own, and upstream's that do not fail on the base as well."""
+    failing = []
+    for run in runs:
+        if run.on_base:
+            continue
+        base = [r for r in runs if r.on_base and r.label == run.label]
+        if run.label == 'this topic\'s tests' or not base:
+            failing += run.failed_names
+        else:
+            failing += [name for name in run.failed_names if name not in base[0].failed_names]
+    return failing
+
+
+def _comparison(runs: list[TestRun]) -> list[str]:
+    out = []
+    if any(r.on_base and r.label == 'the same tests' for r in runs):
+        out += [
+            'The topic\'s tests are expected to fail on the base: those failures are the bugs (or the missing '
+            'feature) this PR addresses.',
+            '',
+        ]
+    if any(r.on_base and r.label != 'the same tests' for r in runs):
+        new = _new_failures([r for r in runs if r.label != 'this topic\'s tests'])
+        out += [
+            'Upstream\'s tests that fail on the branch but not on the base: ' +
+            (', '.join(f'`{n}`' for n in new) if new else 'none') + '. (Tests failing on both fail for reasons '
+            'outside this PR, e.g. the environment: see the lists above.)',
+            '',
+        ]
+    return out
 
 
 def render(branch: TopicBranch, upstream_head: str, runs: Optional[list[TestRun]], stack: list[str]) -> str:
@@ -367,17 +422,10 @@ def render(branch: TopicBranch, upstream_head: str, runs: Optional[list[TestRun]
         out += ['This topic has no tests of its own and changes no module that upstream tests map to.', '']
     else:
         out += _runs_table(runs) + ['']
-        if len(runs) > 1 and runs[1].label == 'the same tests':
-            out += [
-                'The run on the base is expected to fail: those failures are the bugs (or the missing feature) this '
-                'PR addresses.',
-                '',
-            ]
+        out += _comparison(runs)
     out += ['### Benchmarks', ''] + _benchmark_section() + ['']
     out += ['# What issue(s) does this change relate to?', ''] + [f'- {i}' for i in text.issues] + ['']
-    branch_ok = runs is not None and bool(runs) and all(
-        not r.note and r.failed == 0 and r.errors == 0 for r in runs if r.label != 'the same tests'
-    )
+    branch_ok = runs is not None and bool(runs) and not any(r.note for r in runs) and not _new_failures(runs)
     docs = bool(topic.upstream_only)
     out += [
         '# Before submitting',

@@ -245,22 +245,50 @@ def test_junit_counts_and_the_evidence_table(tmp_path):
     topic = topics.read_topics()[0]
     branch = pr.TopicBranch(topic, 'signals/lifecycle', 'main', 'a' * 40, True, 'a' * 40)
     runs = [
-        description.TestRun('this topic\'s tests', '`signals/lifecycle`', ['tests/signal_handling'], 40, 0, 0, 2, 9.0),
+        description.TestRun(
+            'this topic\'s tests',
+            '`signals/lifecycle`',
+            ['tests/signal_handling'],
+            passed=40,
+            skipped=2,
+            seconds=9.0,
+        ),
         description.TestRun(
             'the same tests',
             'unpatched upstream',
             ['tests/signal_handling'],
-            20,
-            22,
-            0,
-            0,
-            8.0,
-            ['tests.signal_handling.test_import::test_b'],
+            on_base=True,
+            passed=20,
+            failed=22,
+            seconds=8.0,
+            failed_names=['tests.signal_handling.test_import::test_b'],
+        ),
+        description.TestRun(
+            'upstream tests',
+            '`signals/lifecycle`',
+            ['tests/test_cli.py'],
+            passed=3,
+            failed=1,
+            failed_names=['tests.test_cli::test_cli_version'],
+        ),
+        description.TestRun(
+            'upstream tests',
+            'unpatched upstream',
+            ['tests/test_cli.py'],
+            on_base=True,
+            passed=3,
+            failed=1,
+            failed_names=['tests.test_cli::test_cli_version'],
         ),
     ]
     text = description.render(branch, 'abc1234 (2025-07-25, release)', runs, stack=[])
     assert '| this topic\'s tests | `signals/lifecycle` | 40 | 0 | 0 | 2 | 9 s |' in text
     assert '| the same tests | unpatched upstream | 20 | 22 | 0 | 0 | 8 s |' in text
     assert '`tests.signal_handling.test_import::test_b`' in text
+    assert 'fail on the branch but not on the base: none' in text  # test_cli fails on both: not this PR
     assert '- [x] Did you run the tests locally' in text
     assert re.search(r'against upstream `abc1234', text)
+    runs[2].failed_names.append('tests.test_engine::test_new_failure')
+    text = description.render(branch, 'abc1234 (2025-07-25, release)', runs, stack=[])
+    assert 'fail on the branch but not on the base: `tests.test_engine::test_new_failure`' in text
+    assert '- [ ] Did you run the tests locally' in text
