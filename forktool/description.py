@@ -238,7 +238,9 @@ def run_pytest(
             f'--junitxml={report}',
             *targets,
         ]
-        env = {**os.environ, 'PYTHONPATH': str(checkout)}
+        # As in an activated venv: upstream's tests run `python` and `composer` from PATH.
+        bin_dir = str(Path(sys.executable).parent)
+        env = {**os.environ, 'PYTHONPATH': str(checkout), 'PATH': bin_dir + os.pathsep + os.environ.get('PATH', '')}
         started = time.monotonic()
         try:
             proc = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True, timeout=timeout)
