@@ -188,6 +188,7 @@ class TestRun:
     seconds: float = 0.0
     failed_names: list[str] = field(default_factory=list)
     note: str = ''
+    messages: dict[str, str] = field(default_factory=dict)  # failed test -> the first line of its failure message
 
     @property
     def total(self) -> int:
@@ -209,6 +210,20 @@ def parse_junit(path: Path) -> tuple[int, int, int, int, list[str]]:
         if case.find('failure') is not None or case.find('error') is not None:
             failed_names.append(f'{case.get("classname", "")}::{case.get("name", "")}'.lstrip(':'))
     return tests - failures - errors - skipped, failures, errors, skipped, failed_names
+
+
+def failure_messages(path: Path) -> dict[str, str]:
+    """The first line of each failed or errored test's message in a pytest ``--junitxml`` report, by test name."""
+    messages = {}
+    for case in ET.parse(path).getroot().iter('testcase'):
+        problem = case.find('failure')
+        if problem is None:
+            problem = case.find('error')
+        if problem is not None:
+            name = f'{case.get("classname", "")}::{case.get("name", "")}'.lstrip(':')
+            message = (problem.get('message') or '').strip()
+            messages[name] = message.splitlines()[0][:160] if message else ''
+    return messages
 
 
 def run_pytest(
@@ -251,6 +266,7 @@ def run_pytest(
         run.seconds = time.monotonic() - started
         if report.is_file():
             run.passed, run.failed, run.errors, run.skipped, run.failed_names = parse_junit(report)
+            run.messages = failure_messages(report)
         else:
             run.note = f'pytest exited with {proc.returncode} and wrote no report: {proc.stderr.strip()[-300:]}'
     return run
@@ -343,7 +359,11 @@ def _runs_table(runs: list[TestRun]) -> list[str]:
     lines.append('')
     for run in runs:
         lines.append(f'- {run.label} on {run.where}: `pytest {" ".join(run.targets)}`')
-        if run.failed_names:
+        if run.failed_names and not run.on_base:
+            for name in run.failed_names[:25]:
+                message = run.messages.get(name, '').replace('|', '\\|').replace('`', "'")
+                lines.append(f'  - failing: `{name}`' + (f': {message}' if message else ''))
+        elif run.failed_names:
             shown = run.failed_names[:25]
             more = f' and {len(run.failed_names) - len(shown)} more' if len(run.failed_names) > len(shown) else ''
             lines.append('  failing: ' + ', '.join(f'`{name}`' for name in shown) + more)

@@ -237,6 +237,7 @@ def test_junit_counts_and_the_evidence_table(tmp_path):
     report.write_text(JUNIT)
     passed, failed, errors, skipped, names = description.parse_junit(report)
     assert (passed, failed, errors, skipped) == (3, 2, 1, 1)
+    assert description.failure_messages(report)['tests.signal_handling.test_lifecycle::test_c'] == 'y'
     assert names == [
         'tests.signal_handling.test_import::test_b',
         'tests.signal_handling.test_lifecycle::test_c',
