@@ -5,7 +5,10 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 UPSTREAM ?=
-BRANCH ?= fix-signal-handling-lifecycle
+BRANCH ?= signals
+TOPIC ?=
+EVIDENCE ?= 1
+PR_DIR ?= build/pr
 PYTEST_ARGS ?=
 LINT_PATHS := composer forktool tests bench stress demo setup.py
 # `make lint` builds its own tree here (not build/tree, a developer's) to lint the upstream-bound files in it.
@@ -20,7 +23,8 @@ help:
 	@echo "make venv|install|wheel|lint|lint-upstream|check-patches|bench"
 	@echo "make lint-pr UPSTREAM=<git checkout> BASE=<rev>  upstream's pre-commit checks on base..HEAD"
 	@echo "make stress [QUICK=1] [SEED=s RUN=i]  signal storm (stress/run.py): 200 runs + 5 race rounds; QUICK: 20 + 1"
-	@echo "make tree | export | refresh | pr UPSTREAM=<git checkout of mosaicml/composer>"
+	@echo "make tree | export | refresh | pr UPSTREAM=<git checkout of mosaicml/composer> [TOPIC=<name>] [EVIDENCE=0]"
+	@echo "make check-patches [UPSTREAM=<git checkout of mosaicml/composer>]"
 
 # pip >= 24.1 parses `mosaicml @ git+file://...` requirements (older pips reject file URLs in them).
 $(VPY):
@@ -82,11 +86,12 @@ refresh: $(VPY)
 	$(VPY) -m forktool refresh
 
 check-patches: $(VPY)
-	$(VPY) -m forktool check
+	$(VPY) -m forktool check $(if $(UPSTREAM),--upstream "$(UPSTREAM)")
 
 pr: $(VPY)
 	@test -n "$(UPSTREAM)" || { echo "usage: make pr UPSTREAM=<path to a git checkout of mosaicml/composer>"; exit 2; }
-	$(VPY) -m forktool pr --upstream "$(UPSTREAM)" --branch "$(BRANCH)"
+	$(VPY) -m forktool pr --upstream "$(UPSTREAM)" --prefix "$(BRANCH)" --out "$(PR_DIR)" \
+		$(if $(TOPIC),--topic "$(TOPIC)") $(if $(filter 0,$(EVIDENCE)),--no-evidence)
 
 bench: install test-deps
 	$(VPY) bench/run.py $(if $(QUICK),--quick) $(if $(CHECK),--check)

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from forktool import ForkError, build, lint, series, upstream
+from forktool import ForkError, build, description, lint, pr, series, topics, upstream
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,10 +23,30 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser('export', help='regenerate patches/ from the developer tree')
     p.add_argument('--tree', type=Path, default=upstream.ROOT / 'build' / 'tree')
     p.add_argument('--dest', type=Path, default=series.PATCHES_DIR)
-    sub.add_parser('check', help='check headers and exact application of every patch to the pinned release')
-    p = sub.add_parser('pr', help='create a branch with the series, overlay and tests in an upstream checkout')
+    p = sub.add_parser('check', help='check headers, topics and exact application of every patch to the pinned release')
+    p.add_argument('--upstream', type=Path, help='also apply every topic to this git checkout of upstream')
+    p = sub.add_parser(
+        'pr',
+        help='create one branch per topic (series, overlay, tests, PR-only docs) in an upstream '
+        'checkout, and its description in build/pr/<topic>.md',
+    )
     p.add_argument('--upstream', type=Path, required=True)
-    p.add_argument('--branch', default='fix-signal-handling-lifecycle')
+    p.add_argument('--topic', help='only this topic (and the earlier topics it stacks on, unless their branches exist)')
+    p.add_argument('--prefix', default=pr.DEFAULT_PREFIX, help='branches are named <prefix>/<topic>')
+    p.add_argument(
+        '--no-evidence',
+        dest='evidence',
+        action='store_false',
+        help='do not run tests; the descriptions say that no evidence was collected',
+    )
+    p.add_argument('--out', type=Path, default=upstream.ROOT / 'build' / 'pr', help='where <topic>.md is written')
+    p = sub.add_parser(
+        'overlay-states',
+        help='write each topic\'s state of composer/ and tests/ (to edit an earlier one)',
+    )
+    p.add_argument('--dest', type=Path, default=upstream.ROOT / 'build' / 'overlay-states')
+    p = sub.add_parser('overlay-export', help='regenerate patches/overlay/ from the (edited) topic states')
+    p.add_argument('--states', type=Path, default=upstream.ROOT / 'build' / 'overlay-states')
     p = sub.add_parser('refresh', help='record the pinned version\'s hashes (after a version change) and rebase')
     p.add_argument('--tree', type=Path, default=upstream.ROOT / 'build' / 'tree')
     p = sub.add_parser('target', help='install upstream\'s or the fork\'s package alone (--no-deps) into a directory')
@@ -70,7 +90,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         for name in series.export(args.tree, args.dest):
             print(args.dest / name)
     elif args.command == 'check':
-        problems = series.check()
+        problems = series.check() + topics.check_topics() + topics.check_overlay()
+        notes: list[str] = []
+        if args.upstream is not None:
+            checkout_problems, notes = pr.check_against_checkout(args.upstream.resolve())
+            problems += checkout_problems
+        for note in notes:
+            print(f'check-patches: note: {note}')
         for problem in problems:
             print(f'check-patches: {problem}', file=sys.stderr)
         if problems:
@@ -79,9 +105,27 @@ def _dispatch(args: argparse.Namespace) -> int:
             f'check-patches: {len(series.read_series())} patches apply exactly to mosaicml '
             f'{upstream.read_pin().version}; headers complete.',
         )
+        if args.upstream is not None:
+            head = subprocess.run(['git', 'log', '-1', '--format=%H %cs %s'],
+                                  cwd=args.upstream,
+                                  capture_output=True,
+                                  text=True).stdout.strip()
+            print(f'check-patches: every topic applies to {args.upstream} at {head}.')
     elif args.command == 'pr':
-        branch = series.make_pr_branch(args.upstream.resolve(), args.branch)
-        print(f'{args.upstream}: branch {branch} created; review it with `git log -p`, then push it.')
+        made = pr.make_topic_branches(args.upstream.resolve(), args.topic, args.prefix)
+        for branch in made:
+            if not branch.created:
+                print(f'{args.upstream}: branch {branch.branch} exists; the next topic stacks on it.')
+                continue
+            md = description.write_description(branch, args.upstream.resolve(), args.out, evidence=args.evidence)
+            print(f'{args.upstream}: branch {branch.branch} created on {branch.base}; description: {md}')
+        print('Review each branch with `git log -p <base>..<branch>`, then push it.')
+    elif args.command == 'overlay-states':
+        for name, state in topics.overlay_states(args.dest).items():
+            print(f'{name}: {state}')
+    elif args.command == 'overlay-export':
+        for path in topics.export_overlay_patches(args.states):
+            print(path)
     elif args.command == 'refresh':
         _refresh(args.tree)
     elif args.command == 'target':

@@ -22,8 +22,9 @@ REQUIRED_FIELDS = ('Description', 'Bug', 'Forwarded', 'Last-Update')
 #: upstream git checkout, never to the build. Their headers also name the pull request topic they belong to.
 UPSTREAM_ONLY_DIR = PATCHES_DIR / 'upstream-only'
 UPSTREAM_ONLY_FIELDS = REQUIRED_FIELDS + ('Topic',)
-#: Directories of ``tests/`` that test the fork's build, not Composer: they stay out of the upstream pull request.
-FORK_ONLY_TESTS = ('tests/fork_build',)
+#: Paths under ``tests/`` that serve the fork, not Composer (its build's tests, its test requirements): they stay out
+#: of the developer tree and of every upstream pull request.
+FORK_ONLY_TESTS = ('tests/fork_build', 'tests/requirements.txt')
 OVERLAY_COMMIT_SUBJECT = 'Add the fork\'s new modules and tests (overlay)'
 UPSTREAM_TAG = 'upstream'
 # Plain, reproducible diffs whatever the user's git configuration says.
@@ -301,34 +302,3 @@ def check(pin: Optional[Pin] = None) -> list[str]:
         if regenerated_series != (PATCHES_DIR / SERIES_FILE).read_text(encoding='utf-8'):
             problems.append('patches/series does not match the patch names git regenerates; run `make export`.')
     return problems
-
-
-def make_pr_branch(upstream: Path, branch: str) -> str:
-    """Create ``branch`` in an upstream checkout: one commit per patch, then the overlay and the fork's tests."""
-    if not (upstream / '.git').exists():
-        raise ForkError(f'{upstream} is not a git checkout of upstream Composer.')
-    status = _git(['status', '--porcelain'], cwd=upstream).stdout
-    if status.strip():
-        raise ForkError(
-            f'{upstream} has uncommitted changes; refusing to touch it. Commit or stash them first:\n'
-            f'{status.rstrip()}',
-        )
-    if _git(['rev-parse', '--verify', '--quiet', f'refs/heads/{branch}'], cwd=upstream, check=False).returncode == 0:
-        raise ForkError(f'{upstream} already has a branch {branch}; delete it or pass BRANCH=<another name>.')
-    # Identity comes from the checkout's own git config when it has one.
-    identity = {k: v for k, v in _GIT_ENV.items() if 'DATE' not in k}
-    if _git(['config', 'user.email'], cwd=upstream, check=False).stdout.strip():
-        identity = {}
-    _git(['checkout', '-q', '-b', branch], cwd=upstream, env=identity)
-    for patch in read_series():
-        apply_patch(patch, upstream, index=True)
-        _git(['commit', '-q', '--cleanup=verbatim', '-F', '-'],
-             cwd=upstream,
-             env=identity,
-             stdin=_commit_message(patch))
-    copy_overlay(upstream)
-    _git(['add', '-A'], cwd=upstream)
-    _git(['commit', '-q', '-m', 'Add composer.utils.signal_handling and its regression tests'],
-         cwd=upstream,
-         env=identity)
-    return branch
