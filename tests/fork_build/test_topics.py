@@ -175,23 +175,28 @@ def test_one_topic_builds_the_earlier_ones_and_reuses_existing_branches(upstream
         pr.make_topic_branches(upstream_repo, topic='nope', root=fork_copy)
 
 
-def test_check_against_a_checkout_applies_every_topic_and_names_what_breaks(upstream_repo):
-    problems, _ = pr.check_against_checkout(upstream_repo)
+def test_check_against_a_checkout_applies_every_topic_and_names_what_breaks(upstream_repo, fork_copy):
+    # fork_copy: the sdist has no docs/, so its PR-only patch is the placeholder (the real ones need a git checkout)
+    problems, _ = pr.check_against_checkout(upstream_repo, root=fork_copy)
     assert problems == []
     engine = upstream_repo / 'composer' / 'core' / 'engine.py'
     engine.write_text(engine.read_text().replace('import signal', 'import signal  # moved'))
     git(upstream_repo, 'commit', '-qam', 'upstream moved on')
-    problems, _ = pr.check_against_checkout(upstream_repo)
+    problems, _ = pr.check_against_checkout(upstream_repo, root=fork_copy)
     assert problems and 'lifecycle: 0001-' in problems[0]
 
 
-def test_pr_command_writes_a_description_without_evidence(upstream_repo, tmp_path):
+def test_pr_command_writes_a_description_without_evidence(upstream_repo, fork_copy, tmp_path):
+    # The command as make runs it, on the fork copy (its PR-only patch fits the sdist, which has no docs/)
+    for name in ('forktool', 'upstream.cfg', 'bench/results'):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(ROOT / name, fork_copy / name)
     out = tmp_path / 'md'
     proc = subprocess.run(
         [sys.executable, '-m', 'forktool', 'pr', '--upstream',
          str(upstream_repo), '--no-evidence', '--out',
          str(out)],
-        cwd=ROOT,
+        cwd=fork_copy,
         capture_output=True,
         text=True,
     )
