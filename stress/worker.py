@@ -14,10 +14,10 @@ import os
 import time
 
 import torch
-from composer.models import ComposerClassifier
 from torch.utils.data import DataLoader, TensorDataset
 
 from composer import Callback, Trainer
+from composer.models import ComposerClassifier
 from composer.utils import dist
 
 RANK = int(os.environ.get('RANK', '0'))
