@@ -197,6 +197,11 @@ def _command(plan_launch: str, run_dir: Path, worker_args: list[str]) -> list[st
     ]  # yapf: disable
 
 
+def _sigint_at_its_default() -> None:
+    """As from a terminal: a shell starts background jobs with SIGINT ignored, which a child keeps across exec."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(launch: str, run_dir: Path, worker_args: list[str], tag: str, log_name: str) -> subprocess.Popen:
     env = dict(os.environ, STORM_TAG=tag, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
     with open(run_dir / f'{log_name}.log', 'wb') as log:
@@ -207,6 +212,7 @@ def _start(launch: str, run_dir: Path, worker_args: list[str], tag: str, log_nam
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: `group` signals reach only this run
+            preexec_fn=_sigint_at_its_default,
         )
 
 

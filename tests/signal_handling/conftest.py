@@ -10,6 +10,7 @@ they must not leak into (or from) the test runner, and nothing may hang.
 import glob
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -121,6 +122,15 @@ def _env(extra: Optional[dict[str, str]]) -> dict[str, str]:
     return env
 
 
+def _sigint_at_its_default() -> None:
+    """Start a scenario like a program started from a terminal: SIGINT at its default (KeyboardInterrupt).
+
+    A shell starts background jobs (and a CI runner may start the tests) with SIGINT ignored, and a child keeps a
+    disposition that was ignored when it was executed.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run_scenario_in(
     directory: Path,
     code: str,
@@ -133,6 +143,7 @@ def _run_scenario_in(
             [sys.executable, str(script)],
             env=_env(env),
             cwd=directory,
+            preexec_fn=_sigint_at_its_default,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -181,6 +192,7 @@ def start_scenario(tmp_path):
             [*(launcher or [sys.executable]), str(script), *script_args],
             env=_env(env),
             cwd=tmp_path,
+            preexec_fn=_sigint_at_its_default,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
