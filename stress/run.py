@@ -314,12 +314,15 @@ def run_one(plan: Plan, out: Path) -> Result:
     proc = _start(plan.launch, run_dir, args, tag, 'train')
     violations = result.violations
 
-    # Wait for the moment, then signal.
+    # Wait until every rank that holds the moment is there, then signal.
+    holding = 1 if plan.moment == 'checkpoint' or plan.launch == '1proc' else 2
     moment = None
     wait_until = time.monotonic() + RESUME_DEADLINE
     while moment is None and proc.poll() is None and time.monotonic() < wait_until:
-        moment = next((e for e in _events(run_dir) if e['event'] == 'moment'), None)
-        if moment is None:
+        moments = [e for e in _events(run_dir) if e['event'] == 'moment']
+        if len({e['rank'] for e in moments}) >= holding:
+            moment = moments[0]
+        else:
             time.sleep(0.005)
     if moment is None:
         _kill_all(proc, tag)

@@ -38,6 +38,19 @@ def event(name: str, **values) -> None:
         os.close(fd)
 
 
+def holders(moment: str) -> int:
+    """How many ranks hold at ``moment``: every rank, except for a checkpoint write (rank 0 writes it)."""
+    return 1 if moment == 'checkpoint' else int(os.environ.get('WORLD_SIZE', '1'))
+
+
+def _events() -> list[dict]:
+    try:
+        with open('events.jsonl') as f:
+            return [json.loads(line) for line in f if line.endswith('\n')]
+    except FileNotFoundError:
+        return []
+
+
 class Storm(Callback):
     """Holds still at the chosen moment and records closes, the end of fit and where fit started."""
 
@@ -50,6 +63,13 @@ class Storm(Callback):
     def hold(self, state, name: str, **values) -> None:
         self.moment = f'{name}-done'  # hold once
         event('moment', moment=name, batch=int(state.timestamp.batch), **values)
+        # Every rank that holds this moment holds at the same time, so that a signal to the whole group finds each
+        # of them there (a rank still constructing its Trainer would die by the OS default).
+        deadline = time.monotonic() + 60
+        while len({e['rank'] for e in _events() if e['event'] == 'moment'}) < holders(name):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f'the other ranks never reached the moment {name!r}')
+            time.sleep(0.005)
         time.sleep(self.pause)
 
     def fit_start(self, state, logger):

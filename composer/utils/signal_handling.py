@@ -333,9 +333,14 @@ def _restore_locked() -> None:
 
 
 def _restore_at_exit() -> None:
+    """Put back the original handlers at interpreter exit, unless Composer's handler is why the process exits.
+
+    Then they stay through the rest of the shutdown: a repeat of the signal (a launcher's clean-up ``SIGTERM``)
+    still gives ``128 + signum`` instead of the OS default's death by that signal.
+    """
     global _holders
     with _lock:
-        if _installed:
+        if _installed and not _exit_pending:
             _holders = 0
             _restore_locked()
 
