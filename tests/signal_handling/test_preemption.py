@@ -404,6 +404,19 @@ fit_and_record(trainer, 'stopped')
     assert _checkpoints(tmp_path / 'checkpoints') == expected
 
 
+#: A short fit whose callback's close() takes 2 s (a flush, an upload), marking `close` and `closed` around it.
+SLOW_CLOSE_AFTER_FIT = RUN + """
+class SlowClose(Probe):
+    def close(self, state, logger):
+        mark('close')
+        time.sleep(2)
+        mark('closed')
+
+trainer = make_run(probe=SlowClose(), max_duration='2ba')
+trainer.fit()
+"""
+
+
 @pytest.mark.parametrize('first', [signal.SIGTERM, signal.SIGINT])
 def test_first_signal_during_trainer_close_takes_effect_once_it_has_closed(
     start_scenario,
@@ -413,15 +426,7 @@ def test_first_signal_during_trainer_close_takes_effect_once_it_has_closed(
 ):
     """The callbacks' close() (a flush, an upload) is not cut short, runs once, and the signal still takes effect."""
     proc = start_scenario(
-        RUN + """
-class SlowClose(Probe):
-    def close(self, state, logger):
-        mark('close')
-        time.sleep(2)  # flushing, uploading
-        mark('closed')
-
-trainer = make_run(probe=SlowClose(), max_duration='2ba')
-trainer.fit()
+        SLOW_CLOSE_AFTER_FIT + """
 try:
     trainer.close()
 except BaseException as e:
@@ -450,16 +455,7 @@ def test_first_signal_while_engines_close_at_interpreter_exit_lets_the_exit_go_o
 ):
     """The program ended without closing its trainer: the exit hook's close finishes once, without a traceback."""
     proc = start_scenario(
-        RUN + """
-class SlowClose(Probe):
-    def close(self, state, logger):
-        mark('close')
-        time.sleep(2)
-        mark('closed')
-
-trainer = make_run(probe=SlowClose(), max_duration='2ba')
-trainer.fit()
-""",
+        SLOW_CLOSE_AFTER_FIT,
     )
     wait_for_files(str(tmp_path / 'close.rank0'), 1, proc)
     proc.send_signal(signal.SIGTERM)
