@@ -10,11 +10,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+from forktool import series
 from tests.fork_build.conftest import ROOT, pip_wheel, run_pip
-
-sys.path.insert(0, str(ROOT))
-
-from forktool import series  # noqa: E402
 
 
 def _dist_info(zf: zipfile.ZipFile, name: str) -> str:

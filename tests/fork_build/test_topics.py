@@ -9,11 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from forktool import description, pr, series, topics
 from tests.fork_build.conftest import ROOT
-
-sys.path.insert(0, str(ROOT))
-
-from forktool import description, pr, series, topics  # noqa: E402
 
 #: Names that only the preemption topic may bring: the lifecycle branch must not contain any of them.
 PREEMPTION_NAMES = (

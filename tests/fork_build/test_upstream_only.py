@@ -7,14 +7,9 @@ complete DEP-3 headers with a topic, diffs that parse, and a new page that docut
 
 import os
 import subprocess
-import sys
 
-from tests.fork_build.conftest import ROOT
-
-sys.path.insert(0, str(ROOT))
-
-from forktool import series  # noqa: E402
-from forktool.rstcheck import check_rst  # noqa: E402
+from forktool import series
+from forktool.rstcheck import check_rst
 
 #: The pull request topics (see the README's "How the fork is made").
 TOPICS = {'lifecycle', 'preemption', 'atomic-checkpoints'}
