@@ -3,8 +3,9 @@
 It follows upstream's ``.github/PULL_REQUEST_TEMPLATE.md`` (what the PR does, the issues it relates to, the
 "Before submitting" checklist). Upstream deleted its CI workflows (mosaicml/composer#3934), so the description
 carries its own evidence: the topic's tests on the branch, the same tests on the branch's base (they catch the bug
-there), upstream's own tests of the modules the topic changes, run on the branch, and the last benchmark table.
-Numbers only come from runs made here: without evidence the description says it was not collected.
+there), upstream's own tests of the modules the topic changes, run on the branch, upstream's pre-commit hooks on the files
+the branch changes (:mod:`forktool.lint`), and the last benchmark table. Numbers only come from runs made here: without
+evidence the description says it was not collected.
 """
 
 from __future__ import annotations
@@ -173,6 +174,15 @@ TOPIC_TEXT = {
 }
 
 
+@dataclass(frozen=True)
+class LintRun:
+    """Upstream's pre-commit hooks (as :mod:`forktool.lint` runs them) on the files ``base..branch`` changes."""
+
+    lines: list[str]  # what each hook said: ok, FAILED, no files, not run
+    problems: list[str]  # the findings; empty if every hook that ran passed
+    error: str = ''  # the hooks could not run (e.g. no network for the tools)
+
+
 @dataclass
 class TestRun:
     """One pytest run made for the evidence."""
@@ -331,6 +341,37 @@ def collect_evidence(branch: TopicBranch, upstream: Path, root: Path = ROOT) -> 
     return runs
 
 
+def collect_lint(branch: TopicBranch, upstream: Path) -> LintRun:
+    """Run upstream's pre-commit hooks on what the branch changes since its base, in a worktree of the branch."""
+    from forktool import ForkError, lint
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        worktree = Path(tmp) / 'branch'
+        _git(['worktree', 'add', '-q', '--detach', str(worktree), branch.branch], cwd=upstream)
+        try:
+            problems = lint.lint_upstream(worktree, branch.base_commit, python=sys.executable, log=lines.append)
+        except ForkError as e:
+            return LintRun(lines, [], error=str(e))
+        finally:
+            _git(['worktree', 'remove', '--force', str(worktree)], cwd=upstream, check=False)
+            _git(['worktree', 'prune'], cwd=upstream, check=False)
+    return LintRun(lines, problems)
+
+
+def _lint_section(lint_run: LintRun) -> list[str]:
+    out = [
+        'Upstream\'s `.pre-commit-config.yaml` hooks at their pinned versions, on the files this PR adds or changes '
+        '(forktool reproduces them: pre-commit itself cannot fetch the hook repositories here):',
+        '',
+    ]
+    if lint_run.error:
+        return out + [f'**The hooks could not run:** {lint_run.error}', '']
+    out += ['```'] + [line.strip() for line in lint_run.lines if line.startswith('  ')] + ['```', '']
+    if lint_run.problems:
+        out += ['Findings:', '', '```'] + '\n\n'.join(lint_run.problems).splitlines() + ['```', '']
+    return out
+
+
 def _benchmark_section() -> list[str]:
     if not BENCHMARK_TABLE.is_file():
         return ['No benchmark table is committed (bench/results/latest.md).']
@@ -403,8 +444,14 @@ def _comparison(runs: list[TestRun]) -> list[str]:
     return out
 
 
-def render(branch: TopicBranch, upstream_head: str, runs: Optional[list[TestRun]], stack: list[str]) -> str:
-    """The description's Markdown. ``runs`` is ``None`` when no evidence was collected."""
+def render(
+    branch: TopicBranch,
+    upstream_head: str,
+    runs: Optional[list[TestRun]],
+    stack: list[str],
+    lint_run: Optional[LintRun] = None,
+) -> str:
+    """The description's Markdown. ``runs`` and ``lint_run`` are ``None`` when no evidence was collected."""
     topic = branch.topic
     text = TOPIC_TEXT.get(
         topic.name,
@@ -445,10 +492,13 @@ def render(branch: TopicBranch, upstream_head: str, runs: Optional[list[TestRun]
     else:
         out += _runs_table(runs) + ['']
         out += _comparison(runs)
+    if lint_run is not None:
+        out += ['### pre-commit', ''] + _lint_section(lint_run)
     out += ['### Benchmarks', ''] + _benchmark_section() + ['']
     out += ['# What issue(s) does this change relate to?', ''] + [f'- {i}' for i in text.issues] + ['']
     branch_ok = runs is not None and bool(runs) and not any(r.note for r in runs) and not _new_failures(runs)
     docs = bool(topic.upstream_only)
+    lint_ok = lint_run is not None and not lint_run.error and not lint_run.problems
     out += [
         '# Before submitting',
         '- [x] Have you read the [contributor guidelines](https://github.com/mosaicml/composer/blob/main/'
@@ -462,8 +512,9 @@ def render(branch: TopicBranch, upstream_head: str, runs: Optional[list[TestRun]
         '(https://github.com/mosaicml/composer/blob/main/CONTRIBUTING.md#running-tests))',
         f'- [{"x" if branch_ok else " "}] Did you run the tests locally to make sure they pass?' +
         ('' if branch_ok else ' (See Evidence: not collected, or not all passing.)'),
-        '- [ ] Did you run `pre-commit` on your change? (see the `pre-commit` section of [prerequisites]'
-        '(https://github.com/mosaicml/composer/blob/main/CONTRIBUTING.md#prerequisites)) (Not run by `make pr`.)',
+        f'- [{"x" if lint_ok else " "}] Did you run `pre-commit` on your change? (see the `pre-commit` section of '
+        '[prerequisites](https://github.com/mosaicml/composer/blob/main/CONTRIBUTING.md#prerequisites)) ' +
+        ('(Its hooks, reproduced by forktool: see Evidence.)' if lint_ok else '(See Evidence: not run, or findings.)'),
         '',
     ]
     return '\n'.join(out)
@@ -475,7 +526,8 @@ def write_description(branch: TopicBranch, upstream: Path, out_dir: Path, eviden
     stack = [f'{branch.branch.rsplit("/", 1)[0]}/{n}' for n in names[:names.index(branch.topic.name)]]
     head = _git(['log', '-1', '--format=%h (%cs, %s)', branch.upstream_commit], cwd=upstream).stdout.strip()
     runs = collect_evidence(branch, upstream) if evidence else None
+    lint_run = collect_lint(branch, upstream) if evidence else None
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f'{branch.topic.name}.md'
-    path.write_text(render(branch, head, runs, stack), encoding='utf-8')
+    path.write_text(render(branch, head, runs, stack, lint_run), encoding='utf-8')
     return path

@@ -295,3 +295,24 @@ def test_junit_counts_and_the_evidence_table(tmp_path):
     text = description.render(branch, 'abc1234 (2025-07-25, release)', runs, stack=[])
     assert 'fail on the branch but not on the base: `tests.test_engine::test_new_failure`' in text
     assert '- [ ] Did you run the tests locally' in text
+
+
+def test_the_pre_commit_box_is_ticked_only_when_the_hooks_ran_and_passed():
+    topic = topics.read_topics()[0]
+    branch = pr.TopicBranch(topic, 'signals/lifecycle', 'main', 'a' * 40, True, 'a' * 40)
+    runs = [description.TestRun('this topic\'s tests', '`signals/lifecycle`', ['tests/signal_handling'], passed=5)]
+    head = 'abc1234 (2025-07-25, release)'
+    box = '- [x] Did you run `pre-commit` on your change?'
+    assert box not in description.render(branch, head, runs, stack=[])
+    passed = description.LintRun(['lint-upstream: 3 files changed', '  ruff: ok (3 files)', '  yamllint: no files'], [])
+    text = description.render(branch, head, runs, stack=[], lint_run=passed)
+    assert box in text
+    assert '### pre-commit' in text and '\nruff: ok (3 files)\nyamllint: no files\n' in text
+    assert 'lint-upstream: 3 files' not in text
+    failed = description.LintRun(['  ruff: FAILED (3 files)'],
+                                 ['ruff:\ncomposer/x.py:1:8: F401 `os` imported but unused'])
+    text = description.render(branch, head, runs, stack=[], lint_run=failed)
+    assert box not in text and 'F401 `os` imported but unused' in text
+    broken = description.LintRun([], [], error='could not install pyright')
+    text = description.render(branch, head, runs, stack=[], lint_run=broken)
+    assert box not in text and 'The hooks could not run:** could not install pyright' in text
