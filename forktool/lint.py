@@ -320,7 +320,7 @@ def check_config(repo: Path, log=print) -> list[str]:
                             capture_output=True,
                             text=True)
     if listed.returncode != 0:
-        log('lint-upstream: no .pre-commit-config.yaml at HEAD; running the hooks of v0.32.1\'s')
+        log('lint-upstream: no .pre-commit-config.yaml at HEAD (a tree of the sdist?): the hooks of v0.32.1 run')
         return []
     known = {hook.id for hook in HOOKS} | set(NOT_RUN)
     problems = []
