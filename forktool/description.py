@@ -3,9 +3,9 @@
 It follows upstream's ``.github/PULL_REQUEST_TEMPLATE.md`` (what the PR does, the issues it relates to, the
 "Before submitting" checklist). Upstream deleted its CI workflows (mosaicml/composer#3934), so the description
 carries its own evidence: the topic's tests on the branch, the same tests on the branch's base (they catch the bug
-there), upstream's own tests of the modules the topic changes, run on the branch, upstream's pre-commit hooks on the files
-the branch changes (:mod:`forktool.lint`), and the last benchmark table. Numbers only come from runs made here: without
-evidence the description says it was not collected.
+there), upstream's own tests of the modules the topic changes, run on the branch, upstream's pre-commit hooks on the
+files the branch changes (:mod:`forktool.lint`), and the last benchmark table. Numbers only come from runs made here:
+without evidence the description says it was not collected.
 """
 
 from __future__ import annotations
@@ -116,9 +116,9 @@ TOPIC_TEXT = {
                 ': on SIGTERM during `fit()` every rank stops after the batch in flight (the stop vote travels in the '
                 'samples/tokens all-reduce Composer already does after every batch: no extra collective), a checkpoint '
                 'of exactly that batch is written through the normal checkpointing, and `fit()` raises '
-                '`SystemExit(143)` after the engine closed. `Trainer.request_stop()` is the same stop without a signal, '
-                'from any thread or a signal handler; a second SIGTERM/SIGINT while stopping or closing exits at once '
-                'with 128 + signal number.\n\n'
+                '`SystemExit(143)` after the engine closed. `Trainer.request_stop()` is the same stop without a '
+                'signal, from any thread or a signal handler; a second SIGTERM/SIGINT while stopping or closing exits '
+                'at once with 128 + signal number.\n\n'
                 'The last patch (close each engine once: `close()` unregisters the engine\'s own exit hook) duplicates '
                 f'upstream\'s open pull request [#3943]({_UPSTREAM}/pull/3943); it is needed here because a preemption '
                 'exit closes the engine before raising, and should be dropped from this PR once #3943 is merged.'
@@ -155,9 +155,9 @@ TOPIC_TEXT = {
         TopicText(
             summary=(
                 'A process killed (SIGKILL after a preemption grace period, OOM) while Composer writes a checkpoint '
-                'or updates the `latest` symlink can leave a truncated checkpoint or a dangling symlink, and autoresume '
-                'then fails. This PR writes checkpoints and the symlink to a temporary name and renames them into '
-                'place (atomic on POSIX file systems). It is independent of the signal-handling PRs.'
+                'or updates the `latest` symlink can leave a truncated checkpoint or a dangling symlink, and '
+                'autoresume then fails. This PR writes checkpoints and the symlink to a temporary name and renames '
+                'them into place (atomic on POSIX file systems). It is independent of the signal-handling PRs.'
             ),
             behaviour=(
                 (

@@ -1,11 +1,11 @@
 """Upstream's pre-commit hooks on the files a branch of an upstream checkout changes or adds.
 
-Upstream Composer lints with pre-commit (``.pre-commit-config.yaml`` at v0.32.1; dev has the same). Pre-commit clones
-each hook's repository from GitHub, which CI cannot reach, so this module runs every hook of that file (:data:`HOOKS`,
-in its order) with the same tools at the same pinned versions from PyPI and npm (``lint-requirements.txt`` and
-``forktool/pyright/package-lock.json``, installed into ``build/lint-venv``), with the hooks' arguments, exclusions and
-file types (tagged with ``identify``, as pre-commit does), and upstream's settings (the files are linted inside a copy of
-the linted tree, so its ``pyproject.toml`` and ``.yamllint.yaml`` apply):
+Upstream Composer lints with pre-commit (``.pre-commit-config.yaml`` at v0.32.1; ``main`` has the same). Pre-commit
+clones each hook's repository from GitHub, which CI cannot reach, so this module runs every hook of that file
+(:data:`HOOKS`, in its order) with the same tools at the same pinned versions from PyPI and npm
+(``lint-requirements.txt`` and ``forktool/pyright/package-lock.json``, installed into ``build/lint-venv``), with the
+hooks' arguments, exclusions and file types (tagged with ``identify``, as pre-commit does), and upstream's settings (the
+files are linted inside a copy of the linted tree, so its ``pyproject.toml`` and ``.yamllint.yaml`` apply):
 
 * ruff 0.2.2, yapf 0.43.0, isort 5.12.0, pydocstyle 6.1.1 (Google convention and the ignore/select lists of
   ``[tool.pydocstyle]``; the hook's ``exclude`` keeps tests and some packages out), yamllint 1.28.0, nbstripout 0.5.0;
@@ -102,7 +102,7 @@ class Hook:
         return set(self.types) <= tags and (not self.types_or or bool(tags & set(self.types_or)))
 
 
-# Every hook of upstream's .pre-commit-config.yaml (v0.32.1; dev has the same), in its order, with each hook's args
+# Every hook of upstream's .pre-commit-config.yaml (v0.32.1; main has the same), in its order, with each hook's args
 # and the types of its repository's .pre-commit-hooks.yaml at the pinned rev. Where a hook would rewrite files, the
 # equivalent check runs instead (ruff --no-fix, yapf --diff, isort --check-only, fixers on a copy).
 HOOKS = (
@@ -328,8 +328,8 @@ def check_config(repo: Path, log=print) -> list[str]:
         unknown = [i for i in ids if i not in known]
         if unknown:
             problems.append(
-                f'.pre-commit-config.yaml: hook(s) {", ".join(unknown)} of {url} are not reproduced by forktool/lint.py '
-                '(add them to HOOKS, or to NOT_RUN with the reason).',
+                f'.pre-commit-config.yaml: hook(s) {", ".join(unknown)} of {url} are not reproduced by '
+                'forktool/lint.py (add them to HOOKS, or to NOT_RUN with the reason).',
             )
         if PINNED_REVS.get(url) != rev:
             problems.append(
@@ -341,8 +341,10 @@ def check_config(repo: Path, log=print) -> list[str]:
 
 def file_tags(bindir: Path, tree: Path, files: list[str]) -> dict[str, set[str]]:
     """Each file's ``identify`` tags (``python``, ``text``, ``executable``, ``symlink``, ...), as pre-commit's."""
-    script = 'import json, sys; from identify import identify; print(json.dumps({f: sorted(identify.tags_from_path(f)) ' \
-             'for f in sys.argv[1:]}))'
+    script = (
+        'import json, sys; from identify import identify; '
+        'print(json.dumps({f: sorted(identify.tags_from_path(f)) for f in sys.argv[1:]}))'
+    )
     result = _run([str(bindir / 'python'), '-c', script, *files], cwd=tree)
     if result.returncode != 0:
         raise ForkError(f'identify could not classify the changed files:\n{result.stdout[-2000:]}')

@@ -58,8 +58,8 @@ def test_changed_files_are_added_or_modified_since_the_merge_base(tmp_path):
     assert sorted(lint.changed_files(tmp_path, 'base')) == ['change.py', 'moved.py', 'new.rst']
 
 
-# The skeleton of upstream's .pre-commit-config.yaml at v0.32.1 (and dev 640518880): its repositories, revisions and
-# hook ids, in order, with a commented-out repository as upstream has one.
+# The skeleton of upstream's .pre-commit-config.yaml at v0.32.1 (and main 640518880): its repositories, revisions
+# and hook ids, in order, with a commented-out repository as upstream has one.
 UPSTREAM_CONFIG = """\
 repos:
 - repo: https://github.com/astral-sh/ruff-pre-commit
