@@ -65,11 +65,12 @@ EPOCHS, SAVE_INTERVAL, EVAL_INTERVAL = 2, 3, 5
 #: The documented exit status of the run (the process, or the ``composer`` launcher), per launch and first signal.
 #: One process: SIGTERM -> SystemExit(143) (graceful, or after the preemption checkpoint); SIGINT ->
 #: KeyboardInterrupt, which ends the interpreter with status 1 once Composer is imported (upstream 0.32.1 too: code run
-#: at interpreter exit clears CPython's "exit by SIGINT" flag; a bare interpreter reports -2). Under the launcher, the launcher's status is the
-#: first failed rank's: 143 when the ranks got SIGTERM (from us or from the launcher's clean-up after it caught the
-#: signal itself); a rank that ends with KeyboardInterrupt exits with 1 under the launcher, and one that the
-#: launcher's clean-up SIGTERM reaches after Composer restored its handlers dies by it: ``sys.exit(-15)``, 241. A second signal while stopping or closing force-quits with 128 + its number; a second signal after
-#: Composer restored the handlers (the process was already exiting) has the signal's default effect.
+#: at interpreter exit clears CPython's "exit by SIGINT" flag; a bare interpreter reports -2). Under the launcher, the
+#: launcher's status is the first failed rank's: 143 when the ranks got SIGTERM (from us or from the launcher's clean-up
+#: after it caught the signal itself); a rank that ends with KeyboardInterrupt exits with 1 under the launcher, and one
+#: that the launcher's clean-up SIGTERM reaches after Composer restored its handlers dies by it: ``sys.exit(-15)``, 241.
+#: A second signal while stopping or closing force-quits with 128 + its number; a second signal after Composer restored
+#: the handlers (the process was already exiting) has the signal's default effect.
 EXPECTED = {
     ('1proc', 'SIGTERM'): {143},
     ('1proc', 'SIGINT'): {1},
@@ -406,8 +407,12 @@ def summarize(results: list[Result]) -> str:
     rows = collections.defaultdict(list)
     for r in results:
         rows[(r.plan.launch, r.plan.mode, r.plan.signal_kind, r.plan.moment)].append(r)
+    header = (
+        'launch | mode | signal | moment | runs | ok | violations | exit statuses | lost batches | '
+        'slowest exit (s)'
+    )
     lines = [
-        '| launch | mode | signal | moment | runs | ok | violations | exit statuses | lost batches | slowest exit (s) |',
+        f'| {header} |',
         '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
     ]
     for key in sorted(rows):
@@ -426,7 +431,10 @@ def summarize(results: list[Result]) -> str:
 
 def race_rounds(seed: int, rounds: int, out: Path) -> list[dict]:
     """Repeat the race stress test (32 threads fitting and closing trainers, SIGTERM storm, request_stop())."""
-    test = 'tests/signal_handling/test_threads.py::test_race_stress_32_threads_while_the_main_thread_is_signalled_and_stops_are_requested'
+    test = (
+        'tests/signal_handling/test_threads.py::'
+        'test_race_stress_32_threads_while_the_main_thread_is_signalled_and_stops_are_requested'
+    )
     results = []
     for round_ in range(rounds):
         race_seed = seed * 1000 + round_
