@@ -420,7 +420,8 @@ def lint_upstream(
             if finding:
                 problems.append(f'{hook.id}:\n{finding.rstrip()}')
             if hook.id != 'pyright':  # _pyright_finding logs its counts
-                log(f'  {hook.id}: {"FAILED" if finding else "ok"} ({len(targets)} files)')
+                count = f'{len(targets)} file' + ('s' if len(targets) != 1 else '')
+                log(f'  {hook.id}: {"FAILED" if finding else "ok"} ({count})')
         for hook_id, why in NOT_RUN.items():
             log(f'  {hook_id}: not run: {why}')
         rst_files = [f for f in files if f.endswith('.rst')]
