@@ -498,6 +498,12 @@ def render(
     out += ['# What issue(s) does this change relate to?', ''] + [f'- {i}' for i in text.issues] + ['']
     branch_ok = runs is not None and bool(runs) and not any(r.note for r in runs) and not _new_failures(runs)
     docs = bool(topic.upstream_only)
+    # Upstream's tests failing on the branch count against the box only if they pass on the base (_new_failures).
+    shared = sum(len(r.failed_names) for r in runs or () if not r.on_base and r.label != 'this topic\'s tests')
+    tests_note = ' (See Evidence: not collected, or not all passing.)' if not branch_ok else (
+        f' ({shared} of upstream\'s tests fail on the base as well, for reasons outside this PR: see Evidence.)'
+        if shared else ''
+    )
     lint_ok = lint_run is not None and not lint_run.error and not lint_run.problems
     out += [
         '# Before submitting',
@@ -510,8 +516,7 @@ def render(
         ('' if docs else ' (No docs change in this topic.)'),
         '- [x] Did you update any related tests and add any new tests related to your change? (see [testing]'
         '(https://github.com/mosaicml/composer/blob/main/CONTRIBUTING.md#running-tests))',
-        f'- [{"x" if branch_ok else " "}] Did you run the tests locally to make sure they pass?' +
-        ('' if branch_ok else ' (See Evidence: not collected, or not all passing.)'),
+        f'- [{"x" if branch_ok else " "}] Did you run the tests locally to make sure they pass?{tests_note}',
         f'- [{"x" if lint_ok else " "}] Did you run `pre-commit` on your change? (see the `pre-commit` section of '
         '[prerequisites](https://github.com/mosaicml/composer/blob/main/CONTRIBUTING.md#prerequisites)) ' +
         ('(Its hooks, reproduced by forktool: see Evidence.)' if lint_ok else '(See Evidence: not run, or findings.)'),

@@ -289,7 +289,7 @@ def test_junit_counts_and_the_evidence_table(tmp_path):
     assert '| the same tests | unpatched upstream | 20 | 22 | 0 | 0 | 8 s |' in text
     assert '`tests.signal_handling.test_import::test_b`' in text
     assert 'fail on the branch but not on the base: none' in text  # test_cli fails on both: not this PR
-    assert '- [x] Did you run the tests locally' in text
+    assert '- [x] Did you run the tests locally to make sure they pass? (1 of upstream\'s tests fail on the base' in text
     assert re.search(r'against upstream `abc1234', text)
     runs[2].failed_names.append('tests.test_engine::test_new_failure')
     text = description.render(branch, 'abc1234 (2025-07-25, release)', runs, stack=[])
