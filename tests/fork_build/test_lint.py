@@ -181,6 +181,12 @@ def branch(tmp_path):
     repo = tmp_path / 'repo'
     (repo / 'composer').mkdir(parents=True)
     (repo / 'pyproject.toml').write_text(BASE_PYPROJECT)
+    # A package named as the one the venv has installed (the fork), with a module the installed one has too.
+    (repo / 'composer' / 'core').mkdir()
+    for init in ('composer/__init__.py', 'composer/core/__init__.py'):
+        (repo / init).write_text(HEADER + '"""Package."""\n')
+    (repo / 'composer' / 'core' / 'engine.py').write_text(HEADER + '"""Engine."""\n\nONLY_IN_THIS_TREE = 1\n')
+    (repo / 'composer' / 'py.typed').write_text('')  # as upstream's (pyright prefers a typed package)
     (repo / 'composer' / 'old.py').write_text(HEADER + '"""Old."""\n\nx: int = \'already wrong\'\n')
     _git(repo, 'init', '-q', '-b', 'main')
     _git(repo, 'add', '-A')
@@ -190,7 +196,11 @@ def branch(tmp_path):
 
 
 def test_the_hooks_pass_a_clean_branch_and_ignore_what_the_base_already_had(branch):
-    new = HEADER + '"""New."""\n\n\ndef f() -> int:\n    """F."""\n    return 1\n'
+    # pyright must see this tree's composer.core.engine, not the installed one (which has no such name).
+    new = HEADER + (
+        '"""New."""\n\nfrom composer.core.engine import ONLY_IN_THIS_TREE\n\n\n'
+        'def f() -> int:\n    """F."""\n    return ONLY_IN_THIS_TREE\n'
+    )
     (branch / 'composer' / 'new.py').write_text(new)
     _git(branch, 'add', '-A')
     _git(branch, 'commit', '-qm', 'clean change')
