@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from forktool import ForkError, lint
 from forktool.pr import TopicBranch, overlay_commit_subject
 from forktool.series import _git
 from forktool.topics import overlay_states, read_topics, state_files
@@ -343,7 +344,6 @@ def collect_evidence(branch: TopicBranch, upstream: Path, root: Path = ROOT) -> 
 
 def collect_lint(branch: TopicBranch, upstream: Path) -> LintRun:
     """Run upstream's pre-commit hooks on what the branch changes since its base, in a worktree of the branch."""
-    from forktool import ForkError, lint
     lines: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         worktree = Path(tmp) / 'branch'

@@ -134,7 +134,7 @@ HOOKS = (
     Hook('check-xml', types=('xml',)),
     Hook('check-yaml', types=('yaml',)),
     Hook('debug-statements', entry='debug-statement-hook', types=('python',)),
-    # The hook compares the index with HEAD; own_destroyed_symlinks() also compares HEAD with the base.
+    # The hook compares the index with HEAD; destroyed_symlinks() also compares HEAD with the base.
     Hook('destroyed-symlinks', kind='git'),
     Hook('double-quote-string-fixer', kind='fix', types=('python',)),
     Hook('end-of-file-fixer', kind='fix', types=('text',)),

@@ -238,3 +238,20 @@ def test_the_hooks_find_what_upstreams_pre_commit_would(branch):
     with pytest.raises(lint.ForkError, match='uncommitted changes'):
         lint.lint_upstream(branch, 'base', python=sys.executable, log=lambda *_: None)
     os.chmod(branch / 'run.sh', 0o644)
+
+
+def test_a_symlink_the_branch_turns_into_a_file_is_reported(tmp_path):
+    _git(tmp_path, 'init', '-q', '-b', 'main')
+    (tmp_path / 'target.txt').write_text('x\n')
+    (tmp_path / 'link.txt').symlink_to('target.txt')
+    (tmp_path / 'kept.txt').symlink_to('target.txt')
+    _git(tmp_path, 'add', '-A')
+    _git(tmp_path, 'commit', '-qm', 'base')
+    _git(tmp_path, 'tag', 'base')
+    (tmp_path / 'link.txt').unlink()
+    (tmp_path / 'link.txt').write_text('target.txt')  # what a checkout without symlink support leaves
+    (tmp_path / 'kept.txt').unlink()
+    (tmp_path / 'kept.txt').symlink_to('link.txt')  # still a symlink: fine
+    _git(tmp_path, 'add', '-A')
+    _git(tmp_path, 'commit', '-qm', 'branch')
+    assert lint.destroyed_symlinks(tmp_path, 'base') == ['link.txt']
