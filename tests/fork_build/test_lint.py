@@ -1,6 +1,5 @@
 """forktool.lint: the license check, the changed-file list, the hooks' selection, and the hooks run on a branch."""
 
-import os
 import subprocess
 import sys
 
@@ -237,7 +236,6 @@ def test_the_hooks_find_what_upstreams_pre_commit_would(branch):
     (branch / 'run.sh').chmod(0o755)
     with pytest.raises(lint.ForkError, match='uncommitted changes'):
         lint.lint_upstream(branch, 'base', python=sys.executable, log=lambda *_: None)
-    os.chmod(branch / 'run.sh', 0o644)
 
 
 def test_a_symlink_the_branch_turns_into_a_file_is_reported(tmp_path):
