@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Optional
 
 from forktool import ForkError
+from forktool.series import _git
 from forktool.upstream import ROOT
 
 REQUIREMENTS = ROOT / 'lint-requirements.txt'
@@ -192,13 +193,6 @@ def _run(cmd: list[str], cwd: Path, env: Optional[dict] = None) -> subprocess.Co
     )
 
 
-def _git(repo: Path, *args: str) -> str:
-    result = subprocess.run(['git', '-C', str(repo), *args], text=True, capture_output=True)
-    if result.returncode != 0:
-        raise ForkError(f'git {" ".join(args)} failed in {repo}:\n{result.stderr.strip()}')
-    return result.stdout
-
-
 def ensure_venv(path: Path = DEFAULT_VENV, requirements: Path = REQUIREMENTS) -> Path:
     """Create or update the lint venv from the pinned requirements and pyright's lock; return its ``bin`` directory."""
     path = Path(os.path.abspath(path))  # the tools run from temporary trees
@@ -232,14 +226,16 @@ def ensure_venv(path: Path = DEFAULT_VENV, requirements: Path = REQUIREMENTS) ->
 
 def changed_files(repo: Path, base: str, head: str = 'HEAD') -> list[str]:
     """Files added or modified in ``base..head`` (renames count as additions), minus upstream's global exclude."""
-    out = _git(repo, 'diff', '--name-only', '--no-renames', '--diff-filter=AM', f'{base}...{head}', '--')
+    out = _git(['diff', '--name-only', '--no-renames', '--diff-filter=AM', f'{base}...{head}', '--'], cwd=repo).stdout
     return [f for f in out.splitlines() if f and not GLOBAL_EXCLUDE.search(f)]
 
 
 def export_tree(repo: Path, rev: str, dest: Path, extra: list[str]) -> None:
     """Write the settings files, the packages and ``extra`` of ``rev`` into ``dest`` (no .git: nothing to touch)."""
-    listed = _git(repo, 'ls-tree', '--name-only', rev, '--', *TREE_PATHS).split()
-    present = set(_git(repo, 'ls-tree', '-r', '--name-only', rev, '--', *extra).split()) if extra else set()
+    listed = _git(['ls-tree', '--name-only', rev, '--', *TREE_PATHS], cwd=repo).stdout.split()
+    present = set()
+    if extra:
+        present = set(_git(['ls-tree', '-r', '--name-only', rev, '--', *extra], cwd=repo).stdout.split())
     paths = sorted(set(listed) | present)
     dest.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(['git', '-C', str(repo), 'archive', '--format=tar', rev, '--', *paths],
@@ -316,9 +312,7 @@ def config_hooks(text: str) -> list[tuple[str, str, list[str]]]:
 
 def check_config(repo: Path, log=print) -> list[str]:
     """Compare the checkout's ``.pre-commit-config.yaml`` at ``HEAD`` with the hooks and revisions run here."""
-    listed = subprocess.run(['git', '-C', str(repo), 'show', 'HEAD:.pre-commit-config.yaml'],
-                            capture_output=True,
-                            text=True)
+    listed = _git(['show', 'HEAD:.pre-commit-config.yaml'], cwd=repo, check=False)
     if listed.returncode != 0:
         log('lint-upstream: no .pre-commit-config.yaml at HEAD (a tree of the sdist?): the hooks of v0.32.1 run')
         return []
@@ -353,7 +347,7 @@ def file_tags(bindir: Path, tree: Path, files: list[str]) -> dict[str, set[str]]
 
 def destroyed_symlinks(repo: Path, base: str) -> list[str]:
     """Paths that are symlinks at ``base`` and something else at ``HEAD`` (``destroyed-symlinks``, for a branch)."""
-    raw = _git(repo, 'diff', '--raw', '--no-renames', f'{base}...HEAD', '--')
+    raw = _git(['diff', '--raw', '--no-renames', f'{base}...HEAD', '--'], cwd=repo).stdout
     return [
         line.split('\t', 1)[1] for line in raw.splitlines() if line.startswith(':120000 ') and ' 120000 ' not in line
     ]
@@ -405,7 +399,7 @@ def lint_upstream(
     if not files:
         log(f'lint-upstream: no file added or changed in {base}..HEAD')
         return []
-    if _git(repo, 'status', '--porcelain', '--untracked-files=no').strip():
+    if _git(['status', '--porcelain', '--untracked-files=no'], cwd=repo).stdout.strip():
         raise ForkError(f'{repo} has uncommitted changes; the hooks that ask git would see them: commit or stash.')
     problems = check_config(repo, log)
     bindir = ensure_venv(venv_dir)
