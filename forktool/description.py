@@ -10,6 +10,7 @@ without evidence the description says it was not collected.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
@@ -21,7 +22,7 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from forktool import ForkError, lint
 from forktool.pr import TopicBranch, overlay_commit_subject
@@ -299,6 +300,17 @@ def upstream_test_targets(files: list[str], checkout: Path) -> list[str]:
     return targets
 
 
+@contextlib.contextmanager
+def _worktree(upstream: Path, rev: str, path: Path) -> Iterator[Path]:
+    """A detached worktree of ``upstream`` at ``rev`` in ``path``, removed (and pruned) on exit."""
+    _git(['worktree', 'add', '-q', '--detach', str(path), rev], cwd=upstream)
+    try:
+        yield path
+    finally:
+        _git(['worktree', 'remove', '--force', str(path)], cwd=upstream, check=False)
+        _git(['worktree', 'prune'], cwd=upstream, check=False)
+
+
 def collect_evidence(branch: TopicBranch, upstream: Path, root: Path = ROOT) -> list[TestRun]:
     """Run the topic's tests, then upstream's tests of the modules it changes, each on the branch and on its base."""
     topics = read_topics(root / 'patches')
@@ -316,9 +328,7 @@ def collect_evidence(branch: TopicBranch, upstream: Path, root: Path = ROOT) -> 
         fork_tests = topic_test_files(state, changed)
         on_branch = Path(tmp) / 'branch'
         on_base = Path(tmp) / 'base'
-        _git(['worktree', 'add', '-q', '--detach', str(on_branch), branch.branch], cwd=upstream)
-        _git(['worktree', 'add', '-q', '--detach', str(on_base), branch.base_commit], cwd=upstream)
-        try:
+        with _worktree(upstream, branch.branch, on_branch), _worktree(upstream, branch.base_commit, on_base):
             base_name = 'unpatched upstream' if index == 0 else f'the previous topic\'s branch ({branch.base})'
             base_where = f'{base_name} (`{branch.base_commit[:9]}`)'
             if fork_tests:
@@ -335,26 +345,17 @@ def collect_evidence(branch: TopicBranch, upstream: Path, root: Path = ROOT) -> 
                 runs.append(run_pytest(on_branch, targets, label, f'`{branch.branch}`'))
                 # On the base too: a test that fails there as well fails for a reason this topic does not change.
                 runs.append(run_pytest(on_base, targets, label, base_where, on_base=True))
-        finally:
-            for path in (on_branch, on_base):
-                _git(['worktree', 'remove', '--force', str(path)], cwd=upstream, check=False)
-            _git(['worktree', 'prune'], cwd=upstream, check=False)
     return runs
 
 
 def collect_lint(branch: TopicBranch, upstream: Path) -> LintRun:
     """Run upstream's pre-commit hooks on what the branch changes since its base, in a worktree of the branch."""
     lines: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        worktree = Path(tmp) / 'branch'
-        _git(['worktree', 'add', '-q', '--detach', str(worktree), branch.branch], cwd=upstream)
+    with tempfile.TemporaryDirectory() as tmp, _worktree(upstream, branch.branch, Path(tmp) / 'branch') as worktree:
         try:
             problems = lint.lint_upstream(worktree, branch.base_commit, python=sys.executable, log=lines.append)
         except ForkError as e:
             return LintRun(lines, [], error=str(e))
-        finally:
-            _git(['worktree', 'remove', '--force', str(worktree)], cwd=upstream, check=False)
-            _git(['worktree', 'prune'], cwd=upstream, check=False)
     return LintRun(lines, problems)
 
 
