@@ -14,7 +14,7 @@ LINT_PATHS := composer forktool tests bench stress demo setup.py
 # `make lint` builds its own tree here (not build/tree, a developer's) to lint the upstream-bound files in it.
 LINT_TREE ?= build/lint-tree
 
-.PHONY: help venv install demo test test-deps test-upstream lint lint-upstream lint-pr wheel tree export refresh check-patches pr bench stress clean
+.PHONY: help venv install demo test test-deps test-upstream lint lint-upstream lint-pr wheel tree export refresh check-patches pr bench stress client-tests clean
 
 help:
 	@echo "make demo           install the fork into $(VENV) and run the demo (README set-up command 1)"
@@ -25,6 +25,8 @@ help:
 	@echo "make stress [QUICK=1] [SEED=s RUN=i]  signal storm (stress/run.py): 200 runs + 5 race rounds; QUICK: 20 + 1"
 	@echo "make tree | export | refresh | pr UPSTREAM=<git checkout of mosaicml/composer> [TOPIC=<name>] [EVIDENCE=0]"
 	@echo "make check-patches [UPSTREAM=<git checkout of mosaicml/composer>]"
+	@echo "make client-tests COMPOSER_TESTS=<composer v0.32.1 checkout> LLMFOUNDRY=<llm-foundry release/v0.22.0 checkout>"
+	@echo "                    clients' own tests on the fork and on upstream 0.32.1, outcomes compared (either or both)"
 
 # pip >= 24.1 parses `mosaicml @ git+file://...` requirements (older pips reject file URLs in them).
 $(VPY):
@@ -99,6 +101,12 @@ bench: install test-deps
 # Signal storm: trainings signalled at the worst moments; SEED=s RUN=i replays one run (its folder stays in build/stress).
 stress: install test-deps
 	$(VPY) stress/run.py $(if $(QUICK),--quick) $(if $(SEED),--seed $(SEED)) $(if $(RUN),--run $(RUN)) $(if $(RUNS),--runs $(RUNS)) $(if $(JOBS),--jobs $(JOBS))
+
+# Clients' own test suites run on the fork and on upstream 0.32.1's package in the same venv; the per-test outcomes
+# must be identical (clients/suites, docs/client-tests.md). Results: build/client-tests/.
+client-tests: install test-deps
+	$(VPY) -m clients.suites $(if $(LLMFOUNDRY),--llmfoundry "$(LLMFOUNDRY)") \
+		$(if $(COMPOSER_TESTS),--composer "$(COMPOSER_TESTS)") $(CLIENT_TESTS_ARGS)
 
 clean:
 	rm -rf build dist
