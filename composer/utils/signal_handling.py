@@ -21,13 +21,22 @@ pending checkpoint uploads are flushed. This module owns all of that logic:
   turned into ``SystemExit`` requests a :class:`StopRequest` instead. The trainer stops every rank after the batch in
   flight, checkpoints it and then exits with ``SystemExit(143)``. :meth:`.Trainer.request_stop` is the same stop
   without a signal, from any thread.
+  ``COMPOSER_SAVE_ON_PREEMPTION`` turns it on for every Trainer whose argument is left at ``None``
+  (:func:`resolve_save_on_preemption`), for frameworks that build the Trainer themselves.
 * Force quit: a second ``SIGTERM`` or ``SIGINT`` while Composer is stopping (a stop requested by a signal, or the
   ``SystemExit`` that Composer raised), or while an engine closes after a first signal, ends the process at once with
   exit code ``128 + signum`` ("press Ctrl-C twice"), even when the main thread waits in a slow ``close()``. A repeat
   of the first signal within :data:`DUPLICATE_SIGNAL_WINDOW` seconds is the same signal delivered twice.
-* Forked children (``os.fork``) inherit the handlers but never run the parent's shutdown or preemption path: there a
-  signal has the effect it would have without Composer. DataLoader workers of a trainer fitting with
-  ``save_on_preemption`` block ``SIGTERM`` (:func:`shield_dataloader_workers`): their parent stops them after saving.
+* Bounded close: a first signal that arrives while the main thread closes an engine lets the close finish, for at most
+  ``COMPOSER_SIGNAL_CLOSE_TIMEOUT`` seconds (default :data:`DEFAULT_CLOSE_TIMEOUT`); then the process exits with
+  ``128 + signum`` and one line on stderr names what was still closing. A watchdog thread woken through
+  :func:`signal.set_wakeup_fd` (chained to any wakeup fd set before, e.g. asyncio's) enforces the bound and the force
+  quit even while the main thread is blocked in C code, where Python signal handlers cannot run.
+* Forked children (``os.fork``, multiprocessing's ``fork`` start method) that only inherited the handlers never run
+  the parent's shutdown or preemption path: there a signal has the effect it would have without Composer. A child that
+  creates its own Trainer owns the handlers from then on and gets the full behaviour. DataLoader workers of a trainer
+  fitting with ``save_on_preemption`` block ``SIGTERM`` (:func:`shield_dataloader_workers`): their parent stops them
+  after saving.
 """
 
 from __future__ import annotations
@@ -36,7 +45,9 @@ import atexit
 import contextlib
 import functools
 import logging
+import math
 import os
+import select
 import signal
 import sys
 import threading
@@ -47,6 +58,8 @@ from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 log = logging.getLogger(__name__)
 
 __all__ = [
+    'CLOSE_TIMEOUT_ENV_VAR',
+    'SAVE_ON_PREEMPTION_ENV_VAR',
     'SIGNAL_HANDLING_ENV_VAR',
     'SignalHandlerLease',
     'StopRequest',
@@ -54,6 +67,8 @@ __all__ = [
     'engine_closing',
     'exit_after_preemption',
     'handle_preemption',
+    'resolve_close_timeout',
+    'resolve_save_on_preemption',
     'resolve_signal_handling',
     'shield_dataloader_workers',
     'warn_preemption_unavailable',
@@ -61,6 +76,16 @@ __all__ = [
 
 #: Environment variable read when ``enable_signal_handling`` is ``None``.
 SIGNAL_HANDLING_ENV_VAR = 'COMPOSER_SIGNAL_HANDLING'
+
+#: Environment variable read when ``Trainer(save_on_preemption=None)`` (the default).
+SAVE_ON_PREEMPTION_ENV_VAR = 'COMPOSER_SAVE_ON_PREEMPTION'
+
+#: Environment variable: how many seconds a first signal that arrives while an engine closes waits for the close.
+CLOSE_TIMEOUT_ENV_VAR = 'COMPOSER_SIGNAL_CLOSE_TIMEOUT'
+
+#: The default of ``COMPOSER_SIGNAL_CLOSE_TIMEOUT``: the ``composer`` launcher's clean-up timeout, and Kubernetes'
+#: default grace period.
+DEFAULT_CLOSE_TIMEOUT = 30.0
 
 _TRUE_VALUES = ('1', 'true', 'yes', 'on')
 _FALSE_VALUES = ('0', 'false', 'no', 'off')
@@ -104,41 +129,64 @@ _first_signal: tuple[float, int] = (0.0, 0)
 #: launcher, ``torchrun``) reach a training process at nearly the same time.
 DUPLICATE_SIGNAL_WINDOW = 0.25
 
-# True in a child forked from a process that holds Composer's handlers (os.fork, multiprocessing's fork start method).
-_forked_child = False
+# The process that owns Composer's handlers: the one that installed them, or a forked child that created an engine of
+# its own since. A forked child that only inherited them (os.getpid() differs) never runs the parent's shutdown path.
+_owner_pid = os.getpid()
+# The seconds a first signal during an engine's close waits for it (COMPOSER_SIGNAL_CLOSE_TIMEOUT), read on acquire.
+_close_timeout = DEFAULT_CLOSE_TIMEOUT
+# The watchdog thread of the owner process, started with the first installation (see _SignalWatchdog).
+_watchdog: Optional[_SignalWatchdog] = None
 
 _F = TypeVar('_F', bound=Callable[..., Any])
 
 
 class _ComposerSignalHandler:
-    """The handler Composer installs for one signal. It remembers the disposition it replaced.
+    """The handler Composer installs for one signal. It remembers the disposition it replaced, and what that meant.
 
     Args:
         previous: What :func:`signal.getsignal` returned before Composer installed this handler.
     """
 
+    #: The kinds of disposition Composer replaces: what the signal did before Composer's handler.
+    IGNORED = 'ignored'  # SIG_IGN: keeps being ignored
+    CALLABLE = 'callable'  # a handler of the user's or a framework's: it keeps being called
+    KEYBOARD_INTERRUPT = 'KeyboardInterrupt'  # Python's default SIGINT handler
+    EXIT = 'exit'  # the OS default (SIG_DFL): Composer exits through Python with 128 + signum
+
     def __init__(self, previous: _Handler):
         self.previous = previous
+        if previous == signal.SIG_IGN:
+            self.kind = self.IGNORED
+        elif previous is signal.default_int_handler:
+            self.kind = self.KEYBOARD_INTERRUPT
+        elif callable(previous):
+            self.kind = self.CALLABLE
+        else:
+            self.kind = self.EXIT
+
+    @property
+    def stops_the_process(self) -> bool:
+        """Whether this signal, as handled by Composer, stops the process (an exit or ``KeyboardInterrupt``)."""
+        return self.kind in (self.KEYBOARD_INTERRUPT, self.EXIT)
 
     def __call__(self, signum: int, frame: Optional[FrameType]) -> Any:
         # Runs on the main thread between two bytecodes, possibly while that thread holds a lock: it reads and writes
         # module state without taking ``_lock`` (assignments are atomic) and logs nothing.
         global _exit_pending, _first_signal
         previous = self.previous
-        if previous == signal.SIG_IGN:
+        if self.kind == self.IGNORED:
             return None
-        if _forked_child:
+        if os.getpid() != _owner_pid:
             return _handle_in_forked_child(previous, signum, frame)
         first_time, first_signum = _first_signal
         if _exit_pending or (_closing_engines > 0 and first_signum != 0):
             if signum == first_signum and time.monotonic() - first_time < DUPLICATE_SIGNAL_WINDOW:
                 return None  # the first signal, delivered twice
             _force_quit(signum)
-        if callable(previous) and previous is not signal.default_int_handler:
-            # A user's handler or a framework's handler: it keeps working.
-            return previous(signum, frame)
+        if self.kind == self.CALLABLE:
+            return previous(signum, frame)  # a user's handler or a framework's handler: it keeps working
         _first_signal = (time.monotonic(), signum)
-        if not callable(previous):
+        if self.kind == self.EXIT:
             _exit_pending = True
             if signum == signal.SIGTERM and _preemption_targets:
                 # Preemption: the trainers stop after the batch in flight, checkpoint it and raise SystemExit.
@@ -149,8 +197,8 @@ class _ComposerSignalHandler:
             # Raising here would interrupt a callback's close() (an upload, a flush) and leave it half done.
             _defer_until_closed(signum, previous)
             return None
-        if callable(previous):
-            return previous(signum, frame)  # Python's default_int_handler: KeyboardInterrupt
+        if self.kind == self.KEYBOARD_INTERRUPT:
+            return previous(signum, frame)  # type: ignore[operator]
         # The OS default would end the process without running ``finally`` blocks or ``atexit`` hooks. Exit through
         # Python instead, with the exit code a shell reports for death by this signal (143 for SIGTERM).
         raise SystemExit(128 + signum)
@@ -165,9 +213,13 @@ class SignalHandlerLease:
     The handlers are restored when the last lease is released. :meth:`release` is idempotent and thread-safe.
     """
 
-    def __init__(self, holds_handlers: bool, reason: Optional[str] = None):
+    def __init__(self, holds_handlers: bool, reason: Optional[str] = None, warned: bool = False):
         self._holds_handlers = holds_handlers
         self._reason = reason
+        # Whether Composer's once-per-process warning (which names the cause and trainer.request_stop()) covers why
+        # this lease holds nothing: then no second warning about the same situation is logged for it.
+        self._warned = warned
+        self._pid = os.getpid()  # a lease inherited by a forked child is not the child's to release
 
     @property
     def holds_handlers(self) -> bool:
@@ -191,6 +243,8 @@ class SignalHandlerLease:
             if not self._holds_handlers:
                 return
             self._holds_handlers = False
+            if self._pid != os.getpid():
+                return  # the parent's lease, released in a forked child (an inherited engine closes there)
             _holders -= 1
             if _holders == 0 and not _exit_pending:
                 _restore_locked()
@@ -198,6 +252,29 @@ class SignalHandlerLease:
 
     def __repr__(self) -> str:
         return f'SignalHandlerLease(holds_handlers={self._holds_handlers})'
+
+
+def _read_bool_env(name: str, true_effect: str, false_effect: str) -> Optional[bool]:
+    """Read a yes/no environment variable: ``None`` when unset, otherwise its value as a bool.
+
+    Raises:
+        ValueError: If the variable is set to anything but ``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``
+            (any case, surrounding spaces ignored). The message names the variable, the accepted values and their
+            effects.
+    """
+    raw_value = os.environ.get(name)
+    if raw_value is None:
+        return None
+    value = raw_value.strip().lower()
+    if value in _TRUE_VALUES:
+        return True
+    if value in _FALSE_VALUES:
+        return False
+    raise ValueError(
+        f'The environment variable {name}={raw_value!r} is not valid. Accepted values (any case): '
+        f'{", ".join(_TRUE_VALUES)} to {true_effect}, or {", ".join(_FALSE_VALUES)} to {false_effect}. Unset it to '
+        'use the default.',
+    )
 
 
 def resolve_signal_handling(enable_signal_handling: Optional[bool] = None) -> Optional[bool]:
@@ -222,19 +299,86 @@ def resolve_signal_handling(enable_signal_handling: Optional[bool] = None) -> Op
                 f'{enable_signal_handling!r} of type {type(enable_signal_handling).__name__}.',
             )
         return enable_signal_handling
-    raw_value = os.environ.get(SIGNAL_HANDLING_ENV_VAR)
-    if raw_value is None:
-        return None
-    value = raw_value.strip().lower()
-    if value in _TRUE_VALUES:
-        return True
-    if value in _FALSE_VALUES:
-        return False
-    raise ValueError(
-        f'The environment variable {SIGNAL_HANDLING_ENV_VAR}={raw_value!r} is not valid. Accepted values (any case): '
-        f'{", ".join(_TRUE_VALUES)} to install Composer\'s SIGTERM/SIGINT handlers, or {", ".join(_FALSE_VALUES)} to '
-        'leave signals alone. Unset it to use the default (install).',
+    return _read_bool_env(
+        SIGNAL_HANDLING_ENV_VAR,
+        true_effect="install Composer's SIGTERM/SIGINT handlers",
+        false_effect='leave signals alone (the default is to install them)',
     )
+
+
+def resolve_save_on_preemption(save_on_preemption: Optional[bool], can_save: bool) -> bool:
+    """Resolve ``Trainer(save_on_preemption=...)`` against the ``COMPOSER_SAVE_ON_PREEMPTION`` environment variable.
+
+    The variable lets frameworks that build the :class:`.Trainer` themselves (LLM Foundry, for one) turn preemption
+    saving on without code: set it job-wide. A Trainer that has nowhere to save (no ``save_folder`` and no
+    :class:`.CheckpointSaver` callback, e.g. an evaluation-only Trainer in the same job) then logs one warning and runs
+    without preemption saving.
+
+    Args:
+        save_on_preemption (bool, optional): ``True`` or ``False`` always wins. ``None`` reads
+            ``COMPOSER_SAVE_ON_PREEMPTION`` (the same values as ``COMPOSER_SIGNAL_HANDLING``); unset means ``False``.
+        can_save (bool): Whether the Trainer has somewhere to write the checkpoint.
+
+    Returns:
+        bool: Whether ``SIGTERM`` during ``fit()`` checkpoints the batch in flight.
+
+    Raises:
+        TypeError: If ``save_on_preemption`` is not a bool or ``None``.
+        ValueError: If ``save_on_preemption=True`` and ``can_save`` is false, or if ``COMPOSER_SAVE_ON_PREEMPTION`` has
+            an invalid value.
+    """
+    if save_on_preemption is not None and not isinstance(save_on_preemption, bool):
+        raise TypeError(
+            f'save_on_preemption must be True, False or None, but got {save_on_preemption!r} of type '
+            f'{type(save_on_preemption).__name__}.',
+        )
+    if save_on_preemption is True and not can_save:
+        raise ValueError(
+            'save_on_preemption=True needs somewhere to write the checkpoint: pass save_folder to the Trainer '
+            '(or a CheckpointSaver callback).',
+        )
+    if save_on_preemption is not None:
+        return save_on_preemption
+    from_env = _read_bool_env(
+        SAVE_ON_PREEMPTION_ENV_VAR,
+        true_effect='checkpoint the batch in flight when SIGTERM arrives during fit() (save_on_preemption=True)',
+        false_effect='exit on SIGTERM without saving (save_on_preemption=False, the default)',
+    )
+    if from_env and not can_save:
+        log.warning(
+            '%s is set, but this Trainer has no save_folder (nor a CheckpointSaver callback), so it runs without '
+            'preemption saving: SIGTERM ends it without a checkpoint. Pass save_folder to save one, or '
+            'save_on_preemption=False to silence this warning.',
+            SAVE_ON_PREEMPTION_ENV_VAR,
+        )
+        return False
+    return bool(from_env)
+
+
+def resolve_close_timeout() -> float:
+    """How long a first ``SIGTERM``/``SIGINT`` that arrives while an engine closes lets the close go on, in seconds.
+
+    Reads ``COMPOSER_SIGNAL_CLOSE_TIMEOUT`` (a number of seconds, ``0`` or more; ``inf`` waits for as long as the close
+    takes); :data:`DEFAULT_CLOSE_TIMEOUT` when it is unset.
+
+    Raises:
+        ValueError: If ``COMPOSER_SIGNAL_CLOSE_TIMEOUT`` is not such a number.
+    """
+    raw_value = os.environ.get(CLOSE_TIMEOUT_ENV_VAR)
+    if raw_value is None or not raw_value.strip():
+        return DEFAULT_CLOSE_TIMEOUT
+    try:
+        value = float(raw_value)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:  # also rejects nan
+        raise ValueError(
+            f'The environment variable {CLOSE_TIMEOUT_ENV_VAR}={raw_value!r} is not valid. Set it to the number of '
+            'seconds (0 or more, e.g. 30 or 120.5; inf to wait as long as it takes) that a first SIGTERM or SIGINT '
+            'arriving while an engine closes lets the close go on before the process exits, or unset it for the '
+            f'default ({DEFAULT_CLOSE_TIMEOUT:g} s).',
+        )
+    return value
 
 
 def acquire_signal_handlers(enable_signal_handling: Optional[bool] = None) -> SignalHandlerLease:
@@ -268,17 +412,39 @@ def acquire_signal_handlers(enable_signal_handling: Optional[bool] = None) -> Si
             f'on thread {thread.name!r}'
         )
         _warn_once(reason)
-        return SignalHandlerLease(holds_handlers=False, reason=reason)
+        return SignalHandlerLease(holds_handlers=False, reason=reason, warned=True)
+    close_timeout = resolve_close_timeout()
     with _lock:
+        _take_ownership_locked()
         if _holders == 0:
             _forget_signals()  # a new engine: the process went on after any stop (a caught SystemExit)
         if not _installed:
             error = _install_locked()
             if error is not None:
                 _warn_once(error)
-                return SignalHandlerLease(holds_handlers=False, reason=error)
+                return SignalHandlerLease(holds_handlers=False, reason=error, warned=True)
+        _attach_watchdog_locked()
+        _set_close_timeout(close_timeout)
         _holders += 1
         return SignalHandlerLease(holds_handlers=True)
+
+
+def _take_ownership_locked() -> None:
+    """In a forked child that creates an engine, take over the handlers it inherited: from now on they are its own.
+
+    The child's engine then gets the full behaviour (exit with ``128 + signum`` after a clean close, preemption, force
+    quit), as in a process that was never forked. The handlers that the child inherited were installed over the same
+    dispositions that the child inherited, so they restore correctly there too.
+    """
+    global _owner_pid, _holders
+    if _owner_pid != os.getpid():
+        _owner_pid = os.getpid()
+        _holders = 0  # the parent's leases are not the child's
+
+
+def _set_close_timeout(value: float) -> None:
+    global _close_timeout
+    _close_timeout = value
 
 
 def _install_locked() -> Optional[str]:
@@ -330,6 +496,8 @@ def _restore_locked() -> None:
             log.debug('Could not restore the handler for %s yet.', signal.Signals(signum).name, exc_info=True)
             continue
         del _installed[signum]
+    if not _installed and _watchdog is not None:
+        _watchdog.detach()
 
 
 def _restore_at_exit() -> None:
@@ -578,14 +746,194 @@ def _force_quit(signum: int) -> None:
     os._exit(code)
 
 
+class _SignalWatchdog:
+    """A daemon thread that learns of every signal at once, through :func:`signal.set_wakeup_fd`.
+
+    Python runs signal handlers on the main thread between two bytecodes, so a main thread blocked in C code (a hung
+    collective, a driver call, a wait that does not return on signals) runs none. The C-level handler still writes the
+    signal's number to the wakeup fd, and this thread reads it. While the main thread closes an engine, it starts the
+    close timeout at the first ``SIGTERM``/``SIGINT`` that Composer handles (Composer's handler starts it too, through
+    :meth:`arm`, when it runs first), ends the process with ``128 + signum`` when the timeout runs out with the close
+    still going on, and force-quits on a second signal. Every signal number it reads is passed on to the wakeup fd
+    that was set before (asyncio's event loop, another library), which keeps working.
+
+    ``_chained`` and ``_attached`` are written under ``_lock`` on the main thread. ``_deadline`` and
+    ``_first_delivery`` are single assignments: by this thread, by the handler through :meth:`arm` (without the lock:
+    it runs between two bytecodes of the main thread) and by :meth:`closed` (under ``_lock``), which clears them when
+    the outermost close of the main thread returns.
+    """
+
+    #: Written by :meth:`arm` to wake the thread; not a signal number.
+    _WAKE = 0
+
+    def __init__(self) -> None:
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)  # the C-level signal handler must never block on it
+        self._chained = -1  # the wakeup fd that attach() replaced
+        self._attached = False
+        # The close timeout: (signum, time.monotonic() deadline) of the first signal during the current close.
+        self._deadline: Optional[tuple[int, float]] = None
+        # The first signal this thread read during the current close: (signum, time.monotonic()).
+        self._first_delivery: Optional[tuple[int, float]] = None
+        self._thread = threading.Thread(target=self._run, name='composer-signal-watchdog', daemon=True)
+        self._thread.start()
+
+    def attach(self) -> None:
+        """Make this thread's pipe the wakeup fd (main thread), chaining the one that was set before."""
+        try:
+            previous = signal.set_wakeup_fd(self._write_fd)
+        except (ValueError, OSError):
+            log.debug('Could not set the signal wakeup fd.', exc_info=True)
+            return
+        if previous != self._write_fd:
+            self._chained = previous
+        self._attached = True
+
+    def detach(self) -> None:
+        """Put back the wakeup fd that was set before, unless someone set another one since (main thread)."""
+        if not self._attached:
+            return
+        try:
+            current = signal.set_wakeup_fd(self._chained)
+            if current != self._write_fd:
+                signal.set_wakeup_fd(current)  # not ours any more: leave the newer one in place
+        except (ValueError, OSError):  # not the main thread: detached by the next restore there, or never needed
+            log.debug('Could not restore the signal wakeup fd yet.', exc_info=True)
+            return
+        self._attached = False
+        self._chained = -1
+
+    def arm(self, signum: int) -> None:
+        """Start the close timeout for ``signum``, unless it runs already (called by Composer's handler)."""
+        if self._deadline is None:
+            self._deadline = (signum, time.monotonic() + _close_timeout)
+        try:
+            os.write(self._write_fd, bytes([self._WAKE]))
+        except OSError:
+            pass
+
+    def closed(self) -> None:
+        """The outermost close of the main thread returned: the timeout and the first signal no longer apply."""
+        self._deadline = None
+        self._first_delivery = None
+
+    def forget_in_child(self) -> None:
+        """In a forked child, where this thread does not run: the child's signals must not wake the parent's."""
+        if self._attached:
+            try:
+                current = signal.set_wakeup_fd(self._chained)
+                if current != self._write_fd:
+                    signal.set_wakeup_fd(current)
+            except (ValueError, OSError):
+                return  # keep the fds open: the C-level handler still writes to them
+        os.close(self._read_fd)
+        os.close(self._write_fd)
+
+    def _run(self) -> None:
+        while True:
+            deadline = self._deadline
+            timeout = None if deadline is None else max(0.0, deadline[1] - time.monotonic())
+            try:
+                ready, _, _ = select.select([self._read_fd], [], [], timeout)
+                data = os.read(self._read_fd, 512) if ready else b''
+            except (OSError, ValueError):
+                return  # the fds were closed
+            if ready and not data:
+                return
+            chained = self._chained
+            signums = bytes(b for b in data if b != self._WAKE)
+            if signums and chained >= 0:
+                try:
+                    os.write(chained, signums)
+                except OSError:
+                    pass
+            now = time.monotonic()
+            for signum in signums:
+                self._delivered(signum, now)
+            self._check_deadline(now)
+
+    def _delivered(self, signum: int, now: float) -> None:
+        handler = _installed.get(signum)
+        if handler is None or not handler.stops_the_process or _main_thread_closing == 0 or os.getpid() != _owner_pid:
+            return
+        first = self._first_delivery
+        if first is None:
+            self._first_delivery = (signum, now)
+            if self._deadline is None:
+                self._deadline = (signum, now + _close_timeout)
+        elif signum != first[0] or now - first[1] >= DUPLICATE_SIGNAL_WINDOW:
+            _force_quit(signum)  # a second signal while the main thread closes, maybe blocked where no handler runs
+
+    def _check_deadline(self, now: float) -> None:
+        deadline = self._deadline
+        if deadline is None or now < deadline[1]:
+            return
+        if _main_thread_closing == 0:
+            self._deadline = None
+            return
+        signum, _ = deadline
+        code = 128 + signum
+        message = (
+            f'Composer: {signal.Signals(signum).name} arrived while the engine was closing, and the close has not '
+            f'finished after {_close_timeout:g} s ({_what_is_closing()}); exiting with code {code}. To let it take '
+            f'longer, set {CLOSE_TIMEOUT_ENV_VAR} (seconds).\n'
+        )
+        try:
+            os.write(2, message.encode())
+        except OSError:
+            pass
+        os._exit(code)
+
+
+def _what_is_closing() -> str:
+    """Name what the main thread's engine close is doing: the callback method it is in, and the innermost frame."""
+    frame = sys._current_frames().get(threading.main_thread().ident or -1)
+    stack = []  # innermost first
+    while frame is not None:
+        stack.append(frame)
+        frame = frame.f_back
+    if not stack:
+        return 'the main thread has no Python frame'
+
+    def where(frame: FrameType) -> str:
+        code = frame.f_code
+        return f'{getattr(code, "co_qualname", code.co_name)} at {code.co_filename}:{frame.f_lineno}'
+
+    engine_file = os.path.join('composer', 'core', 'engine.py')
+    closes = [
+        i for i, f in enumerate(stack) if f.f_code.co_name == '_close' and f.f_code.co_filename.endswith(engine_file)
+    ]
+    if closes and closes[-1] > 0:
+        inside = stack[closes[-1] - 1]  # what the outermost Engine._close called: a callback's close() or post_close()
+        description = f'still in {where(inside)}'
+        if inside is not stack[0]:
+            description += f', waiting in {where(stack[0])}'
+        return description
+    return f'the main thread is in {where(stack[0])}'
+
+
+def _attach_watchdog_locked() -> None:
+    """Start the watchdog thread (once per owner process) and make its pipe the wakeup fd (main thread)."""
+    global _watchdog
+    if _watchdog is None:
+        try:
+            _watchdog = _SignalWatchdog()
+        except (OSError, RuntimeError):  # out of fds, or at interpreter shutdown where no thread can start
+            log.debug('Could not start the signal watchdog thread.', exc_info=True)
+            return
+    _watchdog.attach()
+
+
 def engine_closing(close: _F) -> _F:
     """Mark the time spent in ``close`` (the :class:`.Engine`'s shutdown) as closing.
 
     A first ``SIGTERM`` or ``SIGINT`` that arrives while the main thread closes an engine does not interrupt the
     callbacks' ``close()`` (their uploads and flushes): the engine finishes closing, then the signal takes effect
-    (``SystemExit(128 + signum)``, or ``KeyboardInterrupt``) when the outermost close returns. A second one, or one
-    while an engine closes after a first signal, ends the process at once with exit code ``128 + signum`` instead of
-    waiting for slow callbacks or uploads.
+    (``SystemExit(128 + signum)``, or ``KeyboardInterrupt``) when the outermost close returns. The close gets at most
+    ``COMPOSER_SIGNAL_CLOSE_TIMEOUT`` seconds for that (:func:`resolve_close_timeout`); then the process exits with
+    ``128 + signum``, and one line on stderr names what was still closing. A second one, or one while an engine closes
+    after a first signal, ends the process at once with exit code ``128 + signum`` instead of waiting for slow
+    callbacks or uploads.
     """
 
     @functools.wraps(close)
@@ -601,6 +949,8 @@ def engine_closing(close: _F) -> _F:
             with _lock:
                 _closing_engines -= 1
                 _main_thread_closing -= on_main_thread
+                if on_main_thread and _main_thread_closing == 0 and _watchdog is not None:
+                    _watchdog.closed()
             if on_main_thread and _main_thread_closing == 0:
                 _raise_deferred_signal()
 
@@ -619,9 +969,12 @@ def _defer_until_closed(signum: int, previous: _Handler) -> None:
         _deferred_signal = (signum, previous)
     else:  # Python marks the main thread stopped before it runs the exit hooks
         effect = 'the interpreter exits'
+    if _watchdog is not None:
+        _watchdog.arm(signum)  # the close may hang: it gets at most _close_timeout seconds
     message = (
-        f'Composer: received {signal.Signals(signum).name} while the engine closes; {effect} once it has closed. '
-        'Send SIGTERM or SIGINT again to exit at once.\n'
+        f'Composer: received {signal.Signals(signum).name} while the engine closes; {effect} once it has closed '
+        f'(waiting at most {_close_timeout:g} s, {CLOSE_TIMEOUT_ENV_VAR}). Send SIGTERM or SIGINT again to exit at '
+        'once.\n'
     )
     try:
         os.write(2, message.encode())
@@ -644,9 +997,12 @@ def _raise_deferred_signal() -> None:
 def warn_preemption_unavailable(lease: Optional[SignalHandlerLease]) -> None:
     """Say that ``save_on_preemption`` will not react to ``SIGTERM`` in this process, and what will.
 
-    Logged for every trainer with ``save_on_preemption=True`` whose engine holds no signal handlers: at INFO when the
-    user disabled signal handling, otherwise as a warning.
+    For a trainer with ``save_on_preemption=True`` whose engine holds no signal handlers: at INFO when the user
+    disabled signal handling, as a warning otherwise. Nothing is logged when the lease's own warning (Composer could not
+    install its handlers, logged once per process) already said so: one situation, one warning.
     """
+    if lease is not None and lease._warned:
+        return
     reason = (lease.reason if lease is not None else None) or 'Composer does not hold the signal handlers'
     level = logging.INFO if reason == DISABLED_REASON else logging.WARNING
     log.log(
@@ -659,14 +1015,21 @@ def warn_preemption_unavailable(lease: Optional[SignalHandlerLease]) -> None:
 
 
 def _after_fork_in_child() -> None:
-    """Forget the parent's trainers and state in a forked child: it owns no engine, no stop and no lock holder."""
-    global _lock, _forked_child, _preemption_targets, _closing_engines, _main_thread_closing, _deferred_signal
+    """Forget the parent's trainers and state in a forked child: it owns no engine, no stop and no lock holder.
+
+    The child does not own the handlers it inherited (``_owner_pid`` is the parent's) until it creates an engine of its
+    own (:func:`_take_ownership_locked`). The parent's watchdog thread does not exist in the child, and the wakeup fd
+    that the child inherited leads to the parent's watchdog: the child's signals must not wake it.
+    """
+    global _lock, _preemption_targets, _closing_engines, _main_thread_closing, _deferred_signal, _watchdog
     _lock = threading.RLock()  # another thread of the parent may have held it at the time of the fork
-    _forked_child = True
     _preemption_targets = ()
     _closing_engines = _main_thread_closing = 0
     _deferred_signal = None
     _forget_signals()
+    if _watchdog is not None:
+        _watchdog.forget_in_child()
+        _watchdog = None
 
 
 def _handle_in_forked_child(previous: _Handler, signum: int, frame: Optional[FrameType]) -> Any:

@@ -42,7 +42,7 @@ class Probe(Callback):
         self.signal_rank = signal_rank
         self.announce_at = announce_at  # write a `training` marker at the end of that batch, then pause
         self.pause = pause
-        self.close_blocks = close_blocks  # None, 'sleep' or 'join': a close() that takes minutes
+        self.close_blocks = close_blocks  # None, 'sleep', 'join' or 'in C': a close() that takes minutes
 
     def after_backward(self, state, logger):
         if int(state.timestamp.batch) == self.signal_at and RANK == self.signal_rank:
@@ -64,9 +64,20 @@ class Probe(Callback):
             worker = threading.Thread(target=time.sleep, args=(300,), daemon=True)
             worker.start()
             worker.join()
+        elif self.close_blocks == 'in C':
+            block_in_c()
 
     def post_close(self):
         mark('post_close')
+
+def block_in_c():
+    # Wait forever in C, where no Python signal handler runs (as in a hung collective or driver call):
+    # pthread_cond_wait does not return on a signal, and ctypes releases the GIL meanwhile.
+    import ctypes
+    libc = ctypes.CDLL(None)
+    mutex, condition = ctypes.create_string_buffer(64), ctypes.create_string_buffer(64)  # static initializers: zeros
+    libc.pthread_mutex_lock(mutex)
+    libc.pthread_cond_wait(condition, mutex)
 
 def make_run(save_folder='checkpoints', probe=None, **kwargs):
     torch.manual_seed(0)
@@ -300,11 +311,10 @@ report(errors=errors, batch=box.get('batch'), warnings=warnings_seen)
     values = json.loads(results[-1][len('RESULT '):])
     assert values['errors'] == [] and values['batch'] == 3, values
     assert _checkpoints(tmp_path / 'checkpoints') == ['ep0-ba3-rank0.pt', 'latest-rank0.pt']
-    # One warning from the engine (no handlers on a worker thread), one for save_on_preemption; both name the remedy.
-    generic, preemption = sorted(values['warnings'], key=lambda m: m.startswith('save_on_preemption'))
-    assert 'trainer.request_stop()' in generic and 'main thread' in generic
-    assert preemption.startswith('save_on_preemption=True, but SIGTERM will not trigger it in this process')
-    assert 'trainer.request_stop()' in preemption
+    # One situation, one warning: it names the cause (a worker thread), save_on_preemption and the remedy.
+    assert len(values['warnings']) == 1, values['warnings']
+    warning = values['warnings'][0]
+    assert 'main thread' in warning and 'save_on_preemption' in warning and 'trainer.request_stop()' in warning
 
 
 def test_composer_launcher_sigterm_to_one_rank_stops_every_rank_at_the_same_batch(
@@ -528,8 +538,8 @@ report(**outcomes)
     assert results['no save_folder'].startswith('ValueError: save_on_preemption=True')
     assert 'save_folder' in results['no save_folder']
     assert results['a CheckpointSaver callback'] == 'ok'
-    assert results['not a bool'].startswith("TypeError: save_on_preemption must be True or False, but got 'yes'")
-    assert results['an int'].startswith('TypeError: save_on_preemption must be True or False, but got 1')
+    assert results['not a bool'].startswith("TypeError: save_on_preemption must be True, False or None, but got 'yes'")
+    assert results['an int'].startswith('TypeError: save_on_preemption must be True, False or None, but got 1')
 
 
 def test_stop_votes_add_no_collective(run_scenario):
@@ -631,3 +641,264 @@ except SystemExit as e:
     assert _checkpoints(tmp_path / 'checkpoints') == ['ep0-ba3-rank0.pt', 'latest-rank0.pt'], err
     _, alive = psutil.wait_procs(workers, timeout=30)
     assert alive == [], alive  # no worker outlives the job
+
+
+#: LLM Foundry's ``RunTimeoutCallback`` pattern: at ``fit_end``, a daemon timer sends the process one SIGINT (after
+#: 1 s here); the engine closes in the exit hooks, and a callback's close() hangs there.
+
+WATCHDOG_AFTER_FIT = RUN + """
+class RunTimeout(Callback):
+    def fit_end(self, state, logger):
+        timer = threading.Timer(1.0, os.kill, args=(os.getpid(), signal.SIGINT))
+        timer.daemon = True
+        timer.start()
+
+trainer = make_run(probe=Probe(close_blocks='sleep'), max_duration='2ba')
+trainer.state.callbacks.append(RunTimeout())
+trainer.fit()
+mark('fitted')
+# The program ends without closing the trainer: its engine closes in the exit hooks, where close() hangs.
+"""
+
+
+def test_one_sigint_from_a_watchdog_timer_ends_a_close_that_hangs_at_exit(start_scenario, wait_for_files, tmp_path):
+    """LLM Foundry's RunTimeoutCallback: one SIGINT after fit_end breaks a hung close, as on upstream."""
+    started = time.monotonic()
+    proc = start_scenario(WATCHDOG_AFTER_FIT, env={'COMPOSER_SIGNAL_CLOSE_TIMEOUT': '3'})
+    _, err = _finish(proc, timeout=150)
+    assert _marks(tmp_path, 'fitted') == {'rank0': ['']}, err
+    assert _marks(tmp_path, 'close') == {'rank0': ['']}, err
+    assert time.monotonic() - started < 120, err  # the close alone would take 300 s
+    assert proc.returncode == 130, err
+
+
+def test_a_close_that_outlasts_the_timeout_is_named_on_stderr(start_scenario, tmp_path):
+    proc = start_scenario(WATCHDOG_AFTER_FIT, env={'COMPOSER_SIGNAL_CLOSE_TIMEOUT': '3'})
+    _, err = _finish(proc, timeout=150)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if 'has not finished after 3 s' in line]
+    assert len(lines) == 1, err
+    assert lines[0].startswith('Composer: SIGINT arrived while the engine was closing'), lines
+    assert 'still in Probe.close' in lines[0] and 'COMPOSER_SIGNAL_CLOSE_TIMEOUT' in lines[0], lines
+    assert 'post_close.rank0' not in os.listdir(tmp_path)
+
+
+#: A short fit, then trainer.close(), whose callback close() hangs as given by CLOSE_BLOCKS.
+HUNG_TRAINER_CLOSE = RUN + """
+trainer = make_run(probe=Probe(close_blocks=os.environ['CLOSE_BLOCKS']), max_duration='2ba')
+trainer.fit()
+trainer.close()
+"""
+
+
+@pytest.mark.parametrize('blocks', ['sleep', 'in C'])
+def test_one_sigterm_during_a_hung_trainer_close_exits_143_within_the_timeout(
+    start_scenario,
+    wait_for_files,
+    tmp_path,
+    blocks,
+):
+    """Also when the main thread waits in C code, where no Python signal handler runs: the watchdog thread acts."""
+    proc = start_scenario(HUNG_TRAINER_CLOSE, env={'CLOSE_BLOCKS': blocks, 'COMPOSER_SIGNAL_CLOSE_TIMEOUT': '3'})
+    wait_for_files(str(tmp_path / 'close.rank0'), 1, proc)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = _finish(proc, timeout=60)
+    assert proc.returncode == 143, err
+    assert 3 <= time.monotonic() - sent < 30, err
+    assert 'SIGTERM arrived while the engine was closing, and the close has not finished after 3 s' in err
+    assert 'still in Probe.close' in err
+    if blocks == 'in C':
+        assert 'waiting in block_in_c' in err
+
+
+def test_a_second_signal_during_a_close_blocked_in_c_ends_the_process_at_once(start_scenario, wait_for_files, tmp_path):
+    proc = start_scenario(HUNG_TRAINER_CLOSE, env={'CLOSE_BLOCKS': 'in C', 'COMPOSER_SIGNAL_CLOSE_TIMEOUT': '120'})
+    wait_for_files(str(tmp_path / 'close.rank0'), 1, proc)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, err = _finish(proc, timeout=60)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - sent < 60, err  # not the 120 s timeout
+    assert 'received SIGINT again while stopping' in err
+
+
+def test_an_invalid_close_timeout_is_a_value_error_at_construction(run_scenario):
+    scenario = run_scenario(
+        RUN + """
+try:
+    make_run()
+except ValueError as e:
+    report(error=str(e))
+""",
+        env={'COMPOSER_SIGNAL_CLOSE_TIMEOUT': 'soon'},
+    )
+    assert scenario.returncode == 0, scenario
+    assert "COMPOSER_SIGNAL_CLOSE_TIMEOUT='soon' is not valid" in scenario.results['error']
+
+
+def test_asyncio_keeps_its_signal_wakeup_while_a_trainer_holds_the_handlers(run_scenario):
+    """Composer's watchdog takes the wakeup fd and passes every signal on to the one that was set before."""
+    scenario = run_scenario(
+        RUN + """
+import asyncio
+
+async def main():
+    loop = asyncio.get_running_loop()
+    received = asyncio.Event()
+    loop.add_signal_handler(signal.SIGUSR1, received.set)  # asyncio learns of the signal through its wakeup fd
+    asyncio_fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(asyncio_fd)
+    trainer = make_run(max_duration='1ba')
+    took_wakeup_fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(took_wakeup_fd)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    try:
+        await asyncio.wait_for(received.wait(), 10)
+        seen = True
+    except asyncio.TimeoutError:
+        seen = False
+    trainer.close()
+    restored = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(restored)
+    report(seen=seen, replaced=took_wakeup_fd != asyncio_fd, restored=restored == asyncio_fd)
+    loop.remove_signal_handler(signal.SIGUSR1)
+
+asyncio.run(main())
+""",
+    )
+    assert scenario.returncode == 0, scenario
+    assert scenario.results == {'seen': True, 'replaced': True, 'restored': True}, scenario
+
+
+#: A parent that imported Composer (and, with PARENT_TRAINER=1, holds a Trainer of its own) starts a child by fork
+#: (START=multiprocessing or os.fork) that creates and fits its own Trainer in ./child and is signalled by the test.
+FORKED_CHILD_WITH_A_TRAINER = RUN + """
+import multiprocessing
+
+def child():
+    os.makedirs('child', exist_ok=True)
+    os.chdir('child')
+    kwargs = {} if os.environ['CHILD_SAVE_ON_PREEMPTION'] == 'default' else {'save_on_preemption': True}
+    trainer = make_run(probe=Probe(announce_at=3, pause=3), **kwargs)
+    fit_and_record(trainer, 'child')
+
+def exit_code_of_child():
+    # As multiprocessing does: the child's trainer is released (and its engine closed) before the child ends.
+    try:
+        child()
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    return 0
+
+parent_trainer = make_run(save_folder=None) if os.environ['PARENT_TRAINER'] == '1' else None
+if os.environ['START'] == 'multiprocessing':
+    process = multiprocessing.get_context('fork').Process(target=child)
+    process.start()
+    process.join(150)
+    mark('child_status', process.exitcode)
+else:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(exit_code_of_child())
+    mark('child_status', os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+if parent_trainer is not None:
+    parent_trainer.close()
+"""
+
+
+@pytest.mark.parametrize('save_on_preemption', ['default', 'True'])
+@pytest.mark.parametrize('start,parent_trainer', [('multiprocessing', '0'), ('os.fork', '1')])
+def test_a_forked_child_that_creates_its_own_trainer_gets_the_full_behaviour(
+    start_scenario,
+    wait_for_files,
+    tmp_path,
+    start,
+    parent_trainer,
+    save_on_preemption,
+):
+    """Owner, not "was forked": SIGTERM to such a child exits 143 after a clean close (and checkpoints if asked)."""
+    proc = start_scenario(
+        FORKED_CHILD_WITH_A_TRAINER,
+        env={'START': start, 'PARENT_TRAINER': parent_trainer, 'CHILD_SAVE_ON_PREEMPTION': save_on_preemption},
+    )
+    wait_for_files(str(tmp_path / 'child' / 'training.rank0'), 1, proc)
+    child_pid = int((tmp_path / 'child' / 'training.rank0').read_text())
+    assert child_pid != proc.pid
+    os.kill(child_pid, signal.SIGTERM)
+    _, err = _finish(proc)
+    assert proc.returncode == 0, err
+    assert _marks(tmp_path, 'child_status') == {'rank0': ['143']}, err
+    assert _marks(tmp_path / 'child', 'exit') == {'rank0': ['143']}, err
+    assert _marks(tmp_path / 'child', 'close') == {'rank0': ['']}, err  # the child's own engine closed cleanly
+    assert _marks(tmp_path / 'child', 'post_close') == {'rank0': ['']}, err
+    expected = ['ep0-ba3-rank0.pt', 'latest-rank0.pt'] if save_on_preemption == 'True' else []
+    assert _checkpoints(tmp_path / 'child' / 'checkpoints') == expected
+
+
+def test_a_multiprocessing_fork_child_without_a_trainer_gets_the_os_default(start_scenario, wait_for_files, tmp_path):
+    """The child only inherited the parent's handlers (the parent fits): the signal's own effect, no shutdown."""
+    proc = start_scenario(
+        RUN + """
+import multiprocessing
+
+def child():
+    mark('child', os.getpid())
+    time.sleep(300)
+
+class Fork(Callback):
+    def batch_end(self, state, logger):
+        if int(state.timestamp.batch) == 2:
+            process = multiprocessing.get_context('fork').Process(target=child)
+            process.start()
+            process.join(150)
+            mark('child_status', process.exitcode)
+
+trainer = make_run(probe=Probe(), save_on_preemption=True, max_duration='4ba')
+trainer.state.callbacks.append(Fork())
+fit_and_record(trainer, 'parent')
+trainer.close()
+""",
+    )
+    wait_for_files(str(tmp_path / 'child.rank0'), 1, proc)
+    os.kill(int((tmp_path / 'child.rank0').read_text()), signal.SIGTERM)
+    _, err = _finish(proc)
+    assert proc.returncode == 0, err
+    assert _marks(tmp_path, 'child_status') == {'rank0': [str(-signal.SIGTERM)]}, err  # killed by the signal
+    assert _marks(tmp_path, 'exit') == {'rank0': ['returned']}
+    assert _marks(tmp_path, 'close') == {'rank0': ['']}  # only the parent's close
+    assert _checkpoints(tmp_path / 'checkpoints') == ['ep0-ba4-rank0.pt', 'latest-rank0.pt']
+
+
+def test_composer_save_on_preemption_turns_it_on_without_code(start_scenario, wait_for_files, tmp_path):
+    """For frameworks that build the Trainer themselves (LLM Foundry): one variable in the job spec."""
+    proc = start_scenario(
+        RUN + "fit_and_record(make_run(probe=Probe(announce_at=3, pause=3)), 'stopped')\n",
+        env={'COMPOSER_SAVE_ON_PREEMPTION': '1'},
+    )
+    wait_for_files(str(tmp_path / 'training.rank0'), 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = _finish(proc)
+    assert proc.returncode == 143, err
+    assert _marks(tmp_path, 'exit') == {'rank0': ['143']}, err
+    assert _checkpoints(tmp_path / 'checkpoints') == ['ep0-ba3-rank0.pt', 'latest-rank0.pt'], err
+
+
+def test_composer_save_on_preemption_reaches_a_trainer_without_save_folder_as_one_warning(run_scenario):
+    """An evaluation-only Trainer in the same job runs on, without preemption saving, after one warning."""
+    scenario = run_scenario(
+        RUN + """
+trainer = make_run(save_folder=None, max_duration='2ba')
+trainer.fit()
+trainer.close()
+report(warnings=warnings_seen, batch=int(trainer.state.timestamp.batch))
+""",
+        env={'COMPOSER_SAVE_ON_PREEMPTION': 'yes'},
+    )
+    assert scenario.returncode == 0, scenario
+    assert scenario.results['batch'] == 2
+    assert len(scenario.results['warnings']) == 1, scenario.results
+    assert 'COMPOSER_SAVE_ON_PREEMPTION' in scenario.results['warnings'][0]
+    assert 'save_folder' in scenario.results['warnings'][0]

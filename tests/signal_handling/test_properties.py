@@ -1,7 +1,8 @@
 # Copyright 2022 MosaicML Composer authors
 # SPDX-License-Identifier: Apache-2.0
 
-"""Property tests of the inputs: ``COMPOSER_SIGNAL_HANDLING``, ``enable_signal_handling``, ``save_on_preemption``.
+"""Property tests of the inputs: ``COMPOSER_SIGNAL_HANDLING``, ``enable_signal_handling``, ``save_on_preemption``,
+``COMPOSER_SAVE_ON_PREEMPTION`` and ``COMPOSER_SIGNAL_CLOSE_TIMEOUT``.
 
 These run in the test process: resolving the flags and rejecting a bad ``save_on_preemption`` happen before any signal
 handler is installed (importing Composer installs none).
@@ -10,6 +11,7 @@ handler is installed (importing Composer installs none).
 import contextlib
 import os
 import signal
+from typing import Optional
 
 import pytest
 
@@ -18,24 +20,39 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from composer.utils.signal_handling import (  # noqa: E402
+    CLOSE_TIMEOUT_ENV_VAR,
+    DEFAULT_CLOSE_TIMEOUT,
+    SAVE_ON_PREEMPTION_ENV_VAR,
     SIGNAL_HANDLING_ENV_VAR,
     StopRequest,
+    resolve_close_timeout,
+    resolve_save_on_preemption,
     resolve_signal_handling,
 )
 
 
 @contextlib.contextmanager
-def environment(value: str):
-    """``COMPOSER_SIGNAL_HANDLING=value`` for one example (hypothesis reruns a test body, not its fixtures)."""
-    saved = os.environ.get(SIGNAL_HANDLING_ENV_VAR)
-    os.environ[SIGNAL_HANDLING_ENV_VAR] = value
+def environment(value: Optional[str], name: str = SIGNAL_HANDLING_ENV_VAR):
+    """``name=value`` (unset for ``None``) for one example (hypothesis reruns a test body, not its fixtures)."""
+    saved = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
     try:
         yield
     finally:
         if saved is None:
-            del os.environ[SIGNAL_HANDLING_ENV_VAR]
+            os.environ.pop(name, None)
         else:
-            os.environ[SIGNAL_HANDLING_ENV_VAR] = saved
+            os.environ[name] = saved
+
+
+#: The two yes/no variables, each with the function that reads it for an argument left at ``None``.
+BOOL_VARIABLES = {
+    SIGNAL_HANDLING_ENV_VAR: lambda: resolve_signal_handling(None),
+    SAVE_ON_PREEMPTION_ENV_VAR: lambda: resolve_save_on_preemption(None, can_save=True),
+}
 
 
 TRUE_SPELLINGS = ('1', 'true', 'yes', 'on')
@@ -53,19 +70,21 @@ def any_case(draw, words):
     return ''.join(c.upper() if flip else c for c, flip in zip(word, flips))
 
 
+@pytest.mark.parametrize('name', BOOL_VARIABLES)
 @settings(max_examples=200, deadline=None)
 @given(word=st.one_of(any_case(TRUE_SPELLINGS), any_case(FALSE_SPELLINGS)), before=WHITESPACE, after=WHITESPACE)
-def test_every_accepted_spelling_in_any_case_with_whitespace(word, before, after):
-    with environment(before + word + after):
-        assert resolve_signal_handling(None) is (word.lower() in TRUE_SPELLINGS)
+def test_every_accepted_spelling_in_any_case_with_whitespace(name, word, before, after):
+    with environment(before + word + after, name):
+        assert BOOL_VARIABLES[name]() is (word.lower() in TRUE_SPELLINGS)
 
 
+@pytest.mark.parametrize('name', BOOL_VARIABLES)
 @settings(max_examples=300, deadline=None)
 @given(value=st.text(alphabet=ENVIRONMENT_CHARACTERS, max_size=12))
-def test_everything_else_raises_a_value_error_naming_the_variable(value):
+def test_everything_else_raises_a_value_error_naming_the_variable(name, value):
     hypothesis.assume(value.strip().lower() not in TRUE_SPELLINGS + FALSE_SPELLINGS)
-    with environment(value), pytest.raises(ValueError, match=SIGNAL_HANDLING_ENV_VAR) as info:
-        resolve_signal_handling(None)
+    with environment(value, name), pytest.raises(ValueError, match=name) as info:
+        BOOL_VARIABLES[name]()
     assert 'Accepted values' in str(info.value)
 
 
@@ -74,6 +93,54 @@ def test_everything_else_raises_a_value_error_naming_the_variable(value):
 def test_an_explicit_argument_wins_over_the_environment(flag, value):
     with environment(value):
         assert resolve_signal_handling(flag) is flag
+    with environment(value, SAVE_ON_PREEMPTION_ENV_VAR):
+        assert resolve_save_on_preemption(flag, can_save=True) is flag
+
+
+def test_save_on_preemption_is_off_when_the_variable_is_unset():
+    with environment(None, SAVE_ON_PREEMPTION_ENV_VAR):
+        assert resolve_save_on_preemption(None, can_save=True) is False
+
+
+def test_the_variable_on_a_trainer_without_save_folder_warns_once_and_runs_without_it(caplog):
+    with environment('1', SAVE_ON_PREEMPTION_ENV_VAR), caplog.at_level('WARNING', 'composer.utils.signal_handling'):
+        assert resolve_save_on_preemption(None, can_save=False) is False
+    assert [r.levelname for r in caplog.records] == ['WARNING']
+    message = caplog.records[0].getMessage()
+    assert SAVE_ON_PREEMPTION_ENV_VAR in message and 'save_folder' in message
+
+
+@pytest.mark.parametrize('value', ['1', '0', None])
+def test_an_explicit_true_without_save_folder_stays_a_value_error(value):
+    with environment(value, SAVE_ON_PREEMPTION_ENV_VAR), pytest.raises(ValueError, match='save_folder'):
+        resolve_save_on_preemption(True, can_save=False)
+
+
+@settings(max_examples=100, deadline=None)
+@given(seconds=st.one_of(st.floats(min_value=0, allow_infinity=True), st.integers(0, 10**6)), spaces=WHITESPACE)
+def test_the_close_timeout_is_any_number_of_seconds_from_zero(seconds, spaces):
+    with environment(f'{spaces}{seconds!r}{spaces}', CLOSE_TIMEOUT_ENV_VAR):
+        assert resolve_close_timeout() == float(seconds)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.text(alphabet=ENVIRONMENT_CHARACTERS, max_size=8))
+def test_a_close_timeout_that_is_not_a_number_from_zero_is_a_value_error_naming_the_variable(value):
+    try:
+        hypothesis.assume(not value.strip() or not float(value) >= 0)
+    except ValueError:
+        pass  # not a number at all
+    with environment(value, CLOSE_TIMEOUT_ENV_VAR):
+        if not value.strip():
+            assert resolve_close_timeout() == DEFAULT_CLOSE_TIMEOUT  # empty means unset
+            return
+        with pytest.raises(ValueError, match=CLOSE_TIMEOUT_ENV_VAR):
+            resolve_close_timeout()
+
+
+def test_the_close_timeout_defaults_to_the_launchers_clean_up_timeout():
+    with environment(None, CLOSE_TIMEOUT_ENV_VAR):
+        assert resolve_close_timeout() == DEFAULT_CLOSE_TIMEOUT == 30.0
 
 
 NOT_BOOLS = st.one_of(
@@ -93,7 +160,7 @@ def test_a_non_bool_enable_signal_handling_is_a_type_error(value):
 
 
 @settings(max_examples=25, deadline=None)
-@given(value=st.one_of(NOT_BOOLS, st.none()))
+@given(value=NOT_BOOLS)
 def test_a_non_bool_save_on_preemption_is_a_type_error_at_construction(value):
     import torch
     from torch.utils.data import DataLoader, TensorDataset
@@ -103,7 +170,7 @@ def test_a_non_bool_save_on_preemption_is_a_type_error_at_construction(value):
 
     model = ComposerClassifier(torch.nn.Linear(2, 2), num_classes=2)
     dataset = TensorDataset(torch.randn(4, 2), torch.randint(0, 2, (4,)))
-    with pytest.raises(TypeError, match='save_on_preemption must be True or False'):
+    with pytest.raises(TypeError, match='save_on_preemption must be True, False or None'):
         Trainer(model=model, train_dataloader=DataLoader(dataset), max_duration='1ba', save_on_preemption=value)
 
 
