@@ -258,9 +258,9 @@ def _read_bool_env(name: str, true_effect: str, false_effect: str) -> Optional[b
     """Read a yes/no environment variable: ``None`` when unset, otherwise its value as a bool.
 
     Raises:
-        ValueError: If the variable is set to anything but ``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``
-            (any case, surrounding spaces ignored). The message names the variable, the accepted values and their
-            effects.
+        ValueError: If the variable is set to anything but ``1``/``true``/``yes``/``on`` or
+            ``0``/``false``/``no``/``off`` (any case, surrounding spaces ignored). The message names the variable, the
+            accepted values and their effects.
     """
     raw_value = os.environ.get(name)
     if raw_value is None:

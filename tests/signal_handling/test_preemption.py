@@ -822,7 +822,11 @@ def test_a_forked_child_that_creates_its_own_trainer_gets_the_full_behaviour(
     """Owner, not "was forked": SIGTERM to such a child exits 143 after a clean close (and checkpoints if asked)."""
     proc = start_scenario(
         FORKED_CHILD_WITH_A_TRAINER,
-        env={'START': start, 'PARENT_TRAINER': parent_trainer, 'CHILD_SAVE_ON_PREEMPTION': save_on_preemption},
+        env={
+            'START': start,
+            'PARENT_TRAINER': parent_trainer,
+            'CHILD_SAVE_ON_PREEMPTION': save_on_preemption,
+        },
     )
     wait_for_files(str(tmp_path / 'child' / 'training.rank0'), 1, proc)
     child_pid = int((tmp_path / 'child' / 'training.rank0').read_text())

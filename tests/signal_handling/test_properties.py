@@ -54,7 +54,6 @@ BOOL_VARIABLES = {
     SAVE_ON_PREEMPTION_ENV_VAR: lambda: resolve_save_on_preemption(None, can_save=True),
 }
 
-
 TRUE_SPELLINGS = ('1', 'true', 'yes', 'on')
 FALSE_SPELLINGS = ('0', 'false', 'no', 'off')
 #: What an environment variable can hold: any character but NUL (and lone surrogates, which cannot be encoded).
