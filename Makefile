@@ -10,11 +10,11 @@ TOPIC ?=
 EVIDENCE ?= 1
 PR_DIR ?= build/pr
 PYTEST_ARGS ?=
-LINT_PATHS := composer forktool tests bench stress demo setup.py
+LINT_PATHS := composer forktool tests bench stress demo clients setup.py
 # `make lint` builds its own tree here (not build/tree, a developer's) to lint the upstream-bound files in it.
 LINT_TREE ?= build/lint-tree
 
-.PHONY: help venv install demo test test-deps test-upstream lint lint-upstream lint-pr wheel tree export refresh check-patches pr bench stress client-tests clean
+.PHONY: help venv install demo test test-deps test-upstream lint lint-upstream lint-pr wheel tree export refresh check-patches pr bench stress client client-tests clean
 
 help:
 	@echo "make demo           install the fork into $(VENV) and run the demo (README set-up command 1)"
@@ -25,6 +25,7 @@ help:
 	@echo "make stress [QUICK=1] [SEED=s RUN=i]  signal storm (stress/run.py): 200 runs + 5 race rounds; QUICK: 20 + 1"
 	@echo "make tree | export | refresh | pr UPSTREAM=<git checkout of mosaicml/composer> [TOPIC=<name>] [EVIDENCE=0]"
 	@echo "make check-patches [UPSTREAM=<git checkout of mosaicml/composer>]"
+	@echo "make client [QUICK=1] [DOCS=1]  LLM Foundry 0.22.0's CLI end to end, fork vs upstream (docs/clients.md)"
 	@echo "make client-tests COMPOSER_TESTS=<composer v0.32.1 checkout> LLMFOUNDRY=<llm-foundry release/v0.22.0 checkout>"
 	@echo "                    clients' own tests on the fork and on upstream 0.32.1, outcomes compared (either or both)"
 
@@ -107,6 +108,11 @@ stress: install test-deps
 client-tests: install test-deps
 	$(VPY) -m clients.suites $(if $(LLMFOUNDRY),--llmfoundry "$(LLMFOUNDRY)") \
 		$(if $(COMPOSER_TESTS),--composer "$(COMPOSER_TESTS)") $(CLIENT_TESTS_ARGS)
+
+# LLM Foundry's own CLI trains a tiny MPT on CPU in build/client-venv (built or updated first), fork vs upstream:
+# preemption saving, the close timeout, SIGTERM. DOCS=1 writes the results into docs/clients.md.
+client: install
+	$(VPY) -m clients.llmfoundry $(if $(QUICK),--quick) $(if $(DOCS),--write-docs)
 
 clean:
 	rm -rf build dist

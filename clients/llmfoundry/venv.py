@@ -161,7 +161,7 @@ def wheel_version(wheel: Path) -> str:
 def write_constraints(dest: Path, version: str) -> Path:
     path = dest / 'constraints.txt'
     path.write_text(
-        '# Written by clients/llmfoundry/venv.py: the fork (from wheels/ beside this file) stays the venv\'s mosaicml.\n'
+        '# Written by clients/llmfoundry/venv.py: the fork (wheels/ beside this file) stays the venv\'s mosaicml.\n'
         f'mosaicml=={version}\nllm-foundry=={LLM_FOUNDRY_VERSION}\ntorch=={TORCH_VERSION}\n',
         encoding='utf-8',
     )
