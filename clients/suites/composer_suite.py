@@ -94,7 +94,7 @@ def prepare(checkout: Path, out: Path, python: Path = DEFAULT_VENV_PYTHON, paths
         )
     install_requirements(python, out)
     target = upstream_target(python)
-    run_dir = out / NAME / 'run'
+    run_dir = out / NAME / 'template' / 'run'
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     shutil.copytree(checkout / 'tests', run_dir / 'tests', ignore=shutil.ignore_patterns('__pycache__'))
@@ -107,23 +107,24 @@ def prepare(checkout: Path, out: Path, python: Path = DEFAULT_VENV_PYTHON, paths
         name=NAME,
         title=f'Composer {EXPECTED_TAG}\'s own tests',
         python=python,
-        cwd=run_dir,
+        template=run_dir,
         chunks=paths,
         # Upstream's pyproject.toml addopts apply as they are (-m 'not gpu and not doctest and not daily and not
         # remote', --codeblocks, warnings as errors).
         pytest_args=[],
-        sides=[Side('fork', [run_dir]), Side('upstream', [target, run_dir])],
+        sides=[Side('fork', []), Side('upstream', [target])],
         checkout=checkout,
         checkout_commit=commit,
         checkout_describe=describe,
         # No Hugging Face hub here: fail at once rather than retry a connection.
         env={'HF_HUB_OFFLINE': '1'},
         notes=[
-            f'run folder {run_dir.relative_to(REPO)}: the checkout\'s tests/ and pyproject.toml without its composer/',
-            f'fork side: PYTHONPATH={run_dir.relative_to(REPO)}; upstream side: '
-            f'PYTHONPATH={target.relative_to(REPO)}:{run_dir.relative_to(REPO)}; the venv\'s bin/ first on PATH on '
-            'both (test_engine_closes_on_atexit runs `python -c` from the composer package\'s parent folder and '
-            'imports tests.common, which PYTHONPATH provides)',
+            'run folder: a fresh copy, for each pytest run, of the checkout\'s tests/ and pyproject.toml without its '
+            'composer/ package',
+            'fork side: PYTHONPATH=<run folder>; upstream side: '
+            f'PYTHONPATH={target.relative_to(REPO)}:<run folder>; the venv\'s bin/ first on PATH on both '
+            '(test_engine_closes_on_atexit runs `python -c` from the composer package\'s parent folder and imports '
+            'tests.common, which PYTHONPATH provides)',
             'HF_HUB_OFFLINE=1 on both sides (no hub on this machine)',
         ],
     )

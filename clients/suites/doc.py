@@ -35,13 +35,21 @@ make client-tests COMPOSER_TESTS=build/composer LLMFOUNDRY=build/llm-foundry   #
 ```
 
 - Composer's suite runs in the fork's `.venv`; `clients/suites/requirements.txt` adds upstream's test dependencies
-  (mlflow, pytest-codeblocks, boto3, moto, ...) with the installed fork kept by a constraint. The checkout's `tests/`
-  and `pyproject.toml` are copied to `build/client-tests/composer/run` without its `composer/` package, which would
-  shadow the installed fork.
-- LLM Foundry's suite runs in the client venv (`python -m clients.llmfoundry.venv`, llm-foundry 0.22.0 with the
-  fork), in the checkout itself (llm-foundry is installed from PyPI, so the checkout's `llmfoundry/` is not imported:
-  the run checks which package each side imports); `clients/suites/llmfoundry-requirements.txt` adds its test
-  dependencies.
+  (mlflow, pytest-codeblocks, boto3, moto, ...), the installed fork kept by a constraint. Each pytest run gets a
+  fresh copy of the checkout's `tests/` and `pyproject.toml`, without its `composer/` package (it would shadow the
+  installed fork), under `build/client-tests/composer/<side>/`.
+- LLM Foundry's suite runs in the client venv (`python -m clients.llmfoundry.venv`: llm-foundry 0.22.0 from PyPI with
+  the fork as its `mosaicml`); `clients/suites/llmfoundry-requirements.txt` adds its test dependencies (pytest 8,
+  as its `dev` extras pin `pytest<9`). Each pytest run gets a fresh copy of the checkout's `tests/`, `scripts/` and
+  `pyproject.toml`, without its `llmfoundry/` package, in a folder named `llm-foundry` (its eval tests check that
+  name). Tokenizers from the hub or github.com are stood in for by one trained here (`clients/suites/tokenizers.py`);
+  the tests that cannot run without the network are deselected, each with its reason
+  (`clients/suites/llmfoundry-deselect.toml`, listed below).
+- Both suites: the side imports are checked before the runs (the fork side must import the venv's installed fork,
+  the upstream side `build/upstream-target`); the venv's `bin/` is first on `PATH`; `COMPOSER_SAVE_ON_PREEMPTION`,
+  `COMPOSER_SIGNAL_CLOSE_TIMEOUT` and `COMPOSER_SIGNAL_HANDLING` are removed from the environment (the defaults are
+  compared); every test has a timeout (pytest-timeout, 300 s) and every pytest run one too (5400 s, then its process
+  group is stopped).
 - Output: `build/client-tests/<suite>.json` (every test's outcome on both sides), `<suite>.md` (the table),
   `<suite>/<side>/*.log` (pytest's output). Exit status 1 when an unexplained difference exists, 2 when something
   could not run, 3 when `--until HH:MM` (UTC) left paths unrun.

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,10 @@ def build(suite: Suite, ran: dict[str, Any], test_timeout: int) -> dict[str, Any
             incomplete.append(f'{chunk_run.side}: {chunk_run.chunk}')
     fork, upstream = (results[side.name] for side in suite.sides)
     differences = compare(suite.name, fork, upstream, load_explanations())
-    pytest_version = run([str(suite.python), '-m', 'pytest', '--version'], 'pytest --version').strip()
+    python_version, pytest_version = run(
+        [str(suite.python), '-c', 'import platform, pytest; print(platform.python_version(), pytest.__version__)'],
+        'reading the versions of python and pytest',
+    ).split()
     return {
         'suite': suite.name,
         'title': suite.title,
@@ -40,8 +42,8 @@ def build(suite: Suite, ran: dict[str, Any], test_timeout: int) -> dict[str, Any
         'fork': fork_state(),
         'imported': ran['imported'],
         'python': _rel(suite.python),
-        'python_version': platform.python_version(),
-        'pytest': pytest_version,
+        'python_version': python_version,
+        'pytest': f'pytest {pytest_version}',
         'checkout': _rel(suite.checkout),
         'checkout_commit': suite.checkout_commit,
         'checkout_describe': suite.checkout_describe,
@@ -85,6 +87,32 @@ def _cell(text: str) -> str:
     return text.replace('|', '\\|').replace('\n', ' ')
 
 
+def _times(data: dict[str, Any], sides: list[str]) -> list[str]:
+    """Wall time of each pytest run per side, with the part after the session's end (exit hooks, shutdown)."""
+    by_chunk: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in data['runs']:
+        by_chunk.setdefault(r['chunk'], {})[r['side']] = r
+    lines = [
+        '<details><summary>Wall time per pytest run (s; in brackets: after the session\'s end, i.e. exit hooks and '
+        'interpreter shutdown)</summary>',
+        '',
+        '| path | tests | ' + ' | '.join(sides) + ' |',
+        '| --- | ---: |' + ' ---: |' * len(sides),
+    ]
+    for chunk, runs in by_chunk.items():
+        cells = []
+        for side in sides:
+            r = runs.get(side)
+            if r is None:
+                cells.append('not run')
+                continue
+            after = '?' if r.get('exit_seconds') is None else f'{r["exit_seconds"]:.0f}'
+            cells.append(f'{r["seconds"]:.0f} ({after})' + (' timed out' if r['timed_out'] else ''))
+        tests = max(r['tests'] for r in runs.values())
+        lines.append(f'| `{chunk}` | {tests} | ' + ' | '.join(cells) + ' |')
+    return lines + ['', '</details>', '']
+
+
 def markdown(data: dict[str, Any]) -> str:
     """The suite's section: what ran where, the counts per side, every difference, the tests bad on both sides."""
     sides = list(data['counts'])
@@ -104,6 +132,12 @@ def markdown(data: dict[str, Any]) -> str:
         f'Python {data["python_version"]}, {data["pytest"]}; per-test timeout {data["test_timeout"]} s',
         '- Paths: ' + ' '.join(f'`{c}`' for c in data['chunks'] if c not in data['chunks_not_run']),
     ]
+    for module in [k for k in fork_import if k not in ('version', 'file')]:
+        fork_file, upstream_file = _rel(fork_import[module]), _rel(upstream_import.get(module, '?'))
+        lines.append(
+            f'- `{module}` imported from `{fork_file}` on both sides' if fork_file == upstream_file else
+            f'- `{module}`: fork side `{fork_file}`, upstream side `{upstream_file}`',
+        )
     if data['pytest_args']:
         lines.append('- pytest arguments: `' + ' '.join(data['pytest_args']) + '`')
     if data['chunks_not_run']:
@@ -118,6 +152,7 @@ def markdown(data: dict[str, Any]) -> str:
         c = data['counts'][side]
         lines.append(f'| {side} | ' + ' | '.join(str(c[name]) for name in shown) + f' | {sum(c.values())} |')
     lines += ['', f'Outcomes that differ: {len(data["differences"])} ({len(unexplained)} unexplained).', '']
+    lines += _times(data, sides)
     if data['differences']:
         lines += ['| test | fork | upstream | explanation |', '| --- | --- | --- | --- |']
         for d in data['differences']:

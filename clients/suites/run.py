@@ -25,8 +25,10 @@ DEFAULT_OUT = REPO / 'build' / 'client-tests'
 SHORT_TIMEOUT = 300
 #: Seconds a pip install of the test dependencies may take.
 INSTALL_TIMEOUT = 1800
+#: Seconds between two looks at a running pytest (its end, its report log's end, the chunk timeout).
+POLL_SECONDS = 1.0
 #: The environment variables that change the fork's behaviour; the suites run with the defaults on both sides.
-FORK_ENV = ('COMPOSER_SAVE_ON_PREEMPTION', 'COMPOSER_SIGNAL_CLOSE_TIMEOUT', 'COMPOSER_SIGNAL_HANDLERS')
+FORK_ENV = ('COMPOSER_SAVE_ON_PREEMPTION', 'COMPOSER_SIGNAL_CLOSE_TIMEOUT', 'COMPOSER_SIGNAL_HANDLING')
 
 
 def log(message: str) -> None:
@@ -81,17 +83,23 @@ class Side:
     """One of the two runs: the installed fork, or upstream's package first on PYTHONPATH."""
 
     name: str
+    #: Put before the run folder on PYTHONPATH (the run folder is always on it, for the tests' subprocesses).
     pythonpath: list[Path]
 
 
 @dataclasses.dataclass
 class Suite:
-    """A client's test suite, ready to run with ``python -m pytest`` in ``cwd``."""
+    """A client's test suite, ready to run with ``python -m pytest`` in a fresh copy of ``template``.
+
+    Each pytest run (one chunk, one side) gets its own copy of the template folder, named as the template (some
+    suites check the name of their folder), under ``<out>/<suite>/<side>/``: what a run leaves behind in its folder
+    (LLM Foundry's eval tests leave symlinks in scripts/) cannot change the next run's outcomes.
+    """
 
     name: str
     title: str
     python: Path
-    cwd: Path
+    template: Path
     chunks: list[str]
     pytest_args: list[str]
     sides: list[Side]
@@ -99,35 +107,51 @@ class Suite:
     checkout_commit: str
     checkout_describe: str
     deselected: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    #: Environment variables of both sides; ``{run}`` in a value stands for the run's folder.
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: Modules whose file each side reports with composer's (e.g. that the client itself is the venv's).
+    also_import: list[str] = dataclasses.field(default_factory=list)
 
 
-def side_env(suite: Suite, side: Side) -> dict[str, str]:
+def side_env(suite: Suite, side: Side, run_dir: Path) -> dict[str, str]:
     """The environment of one side: the venv's bin first on PATH (as if activated), PYTHONPATH as the side says."""
     env = {k: v for k, v in os.environ.items() if k not in FORK_ENV and k != 'PYTHONPATH'}
     env['PATH'] = os.pathsep.join([str(suite.python.parent), env.get('PATH', '')])
     env['VIRTUAL_ENV'] = str(suite.python.parent.parent)
-    if side.pythonpath:
-        env['PYTHONPATH'] = os.pathsep.join(str(p) for p in side.pythonpath)
-    env.update(suite.env)
+    env['PYTHONPATH'] = os.pathsep.join(str(p) for p in [*side.pythonpath, run_dir])
+    env.update({k: v.replace('{run}', str(run_dir)) for k, v in suite.env.items()})
     return env
 
 
 def composer_of(suite: Suite, side: Side) -> dict[str, str]:
-    """Which ``composer`` a side imports (version and file), checked before its runs."""
+    """Which ``composer`` a side imports (version and file), and the files of ``suite.also_import``."""
+    code = 'import composer; print(composer.__version__); print(composer.__file__)'
+    for module in suite.also_import:
+        code += f'; import {module}; print({module}.__file__)'
     out = run(
-        [str(suite.python), '-c', 'import composer, sys; print(composer.__version__); print(composer.__file__)'],
+        [str(suite.python), '-c', code],
         f'importing composer on the {side.name} side',
-        cwd=suite.cwd,
-        env=side_env(suite, side),
+        cwd=suite.template,
+        env=side_env(suite, side, suite.template),
     )
-    version, path = out.strip().splitlines()[-2:]
-    return {'version': version, 'file': path}
+    lines = out.strip().splitlines()[-2 - len(suite.also_import):]
+    return {'version': lines[0], 'file': lines[1]} | dict(zip(suite.also_import, lines[2:]))
 
 
 def _slug(chunk: str) -> str:
     return re.sub(r'[^A-Za-z0-9_.-]+', '_', chunk).strip('_') or 'all'
+
+
+def _session_finished(reportlog: Path) -> bool:
+    """Whether pytest wrote its SessionFinish record (the last line of the report log)."""
+    try:
+        with reportlog.open('rb') as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            return b'"SessionFinish"' in f.read()
+    except OSError:
+        return False
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -151,6 +175,9 @@ class ChunkRun:
     side: str
     chunk: str
     seconds: float
+    #: Seconds from the end of pytest's session (its report log's SessionFinish) to the end of the process: the exit
+    #: hooks (atexit, e.g. an engine closing at exit) and the interpreter's shutdown; None if the session did not end.
+    exit_seconds: Optional[float]
     returncode: Optional[int]
     exitstatus: Optional[int]
     timed_out: bool
@@ -172,8 +199,10 @@ def run_chunk(suite: Suite, side: Side, chunk: str, out: Path, test_timeout: int
     reportlog = side_dir / f'{_slug(chunk)}.jsonl'
     log_file = side_dir / f'{_slug(chunk)}.log'
     reportlog.unlink(missing_ok=True)
-    basetemp = out / suite.name / 'tmp' / side.name  # pytest empties it at the start of each run
-    basetemp.parent.mkdir(parents=True, exist_ok=True)
+    run_dir = side_dir / suite.template.name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.copytree(suite.template, run_dir, symlinks=True)
+    basetemp = side_dir / 'tmp'  # pytest empties it at the start of each run
     cmd = ['nice', '-n', '10'] if shutil.which('nice') else []
     cmd += [str(suite.python), '-m', 'pytest', *chunk.split(), *suite.pytest_args]
     cmd += ['-p', 'no:cacheprovider', '--color=no', '-q', '-rfE', f'--timeout={test_timeout}']
@@ -189,32 +218,44 @@ def run_chunk(suite: Suite, side: Side, chunk: str, out: Path, test_timeout: int
         f.flush()
         proc = subprocess.Popen(
             cmd,
-            cwd=suite.cwd,
-            env=side_env(suite, side),
+            cwd=run_dir,
+            env=side_env(suite, side, run_dir),
             stdout=f,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+        session_end = None
         try:
-            proc.wait(timeout=chunk_timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            log(f'{suite.name}: {side.name}: {chunk} still running after {chunk_timeout} s: stopping it')
-            _stop(proc)
+            while proc.poll() is None:
+                if time.monotonic() - start > chunk_timeout:
+                    timed_out = True
+                    log(f'{suite.name}: {side.name}: {chunk} still running after {chunk_timeout} s: stopping it')
+                    _stop(proc)
+                    break
+                if session_end is None and _session_finished(reportlog):
+                    session_end = time.monotonic()
+                time.sleep(POLL_SECONDS)
         except BaseException:
             _stop(proc)
             raise
-    seconds = time.monotonic() - start
+    end = time.monotonic()
+    seconds = end - start
+    if session_end is None and _session_finished(reportlog):
+        session_end = end
+    exit_seconds = None if session_end is None else round(end - session_end, 1)
     results, exitstatus = read_reportlog(reportlog)
     if not reportlog.exists():
         raise SuiteError(f'{suite.name}: pytest wrote no report log on the {side.name} side; see {log_file}')
     shutil.rmtree(basetemp, ignore_errors=True)
-    log(f'{suite.name}: {side.name}: {chunk}: {len(results)} tests in {seconds:.0f} s (exit {proc.returncode})')
+    shutil.rmtree(run_dir, ignore_errors=True)
+    after = '' if exit_seconds is None else f', {exit_seconds:.0f} s of them after the session\'s end'
+    log(f'{suite.name}: {side.name}: {chunk}: {len(results)} tests in {seconds:.0f} s{after} (exit {proc.returncode})')
     return ChunkRun(
         side.name,
         chunk,
         seconds,
+        exit_seconds,
         proc.returncode,
         exitstatus,
         timed_out,
