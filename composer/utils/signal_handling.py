@@ -789,19 +789,25 @@ class _SignalWatchdog:
             self._chained = previous
         self._attached = True
 
-    def detach(self) -> None:
-        """Put back the wakeup fd that was set before, unless someone set another one since (main thread)."""
+    def detach(self) -> bool:
+        """Put back the wakeup fd that was set before, unless someone set another one since (main thread).
+
+        Returns:
+            bool: Whether this pipe is no longer the wakeup fd (``False`` off the main thread: the next restore on the
+            main thread detaches it).
+        """
         if not self._attached:
-            return
+            return True
         try:
             current = signal.set_wakeup_fd(self._chained)
             if current != self._write_fd:
                 signal.set_wakeup_fd(current)  # not ours any more: leave the newer one in place
-        except (ValueError, OSError):  # not the main thread: detached by the next restore there, or never needed
+        except (ValueError, OSError):
             log.debug('Could not restore the signal wakeup fd yet.', exc_info=True)
-            return
+            return False
         self._attached = False
         self._chained = -1
+        return True
 
     def arm(self, signum: int) -> None:
         """Start the close timeout for ``signum``, unless it runs already (called by Composer's handler)."""
@@ -819,15 +825,9 @@ class _SignalWatchdog:
 
     def forget_in_child(self) -> None:
         """In a forked child, where this thread does not run: the child's signals must not wake the parent's."""
-        if self._attached:
-            try:
-                current = signal.set_wakeup_fd(self._chained)
-                if current != self._write_fd:
-                    signal.set_wakeup_fd(current)
-            except (ValueError, OSError):
-                return  # keep the fds open: the C-level handler still writes to them
-        os.close(self._read_fd)
-        os.close(self._write_fd)
+        if self.detach():  # otherwise keep the fds open: the C-level handler still writes to them
+            os.close(self._read_fd)
+            os.close(self._write_fd)
 
     def _run(self) -> None:
         while True:

@@ -3,6 +3,7 @@
 import email.parser
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -205,3 +206,9 @@ def test_pip_install_from_git_url_of_a_clean_clone(tmp_path, upstream_wheel, pin
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (target / f'mosaicml-{pin.fork_version}.dist-info').is_dir()
     assert (target / 'composer' / 'utils' / 'signal_handling.py').is_file()
+
+
+def test_readme_names_the_version_that_the_build_produces(pin):
+    """upstream.cfg is the one source of the version: every `<version>+signals.<n>` in the README must be it."""
+    named = set(re.findall(r'\b\d+\.\d+\.\d+\+signals\.\d+\b', (ROOT / 'README.md').read_text(encoding='utf-8')))
+    assert named == {pin.fork_version}, f'README.md names {sorted(named)}; upstream.cfg gives {pin.fork_version}'
