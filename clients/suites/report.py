@@ -175,8 +175,8 @@ def markdown(data: dict[str, Any]) -> str:
             bad[nodeid] = by_side[sides[0]]
     if bad:
         lines += [
-            f'<details><summary>{len(bad)} tests fail or error on both sides alike (missing optional extras, no '
-            'network); fork side\'s message</summary>',
+            f'<details><summary>{len(bad)} tests fail or error alike on both sides (the same outcome: fine for this '
+            'comparison); the fork side\'s message</summary>',
             '',
             '| test | outcome | message |',
             '| --- | --- | --- |',

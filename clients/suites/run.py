@@ -54,10 +54,19 @@ def run(cmd: list[str], what: str, timeout: float = SHORT_TIMEOUT, **kwargs: Any
 
 
 def git_describe(checkout: Path) -> tuple[str, str]:
-    """The commit of a git checkout and ``git describe --tags --always`` of it."""
+    """The commit of a git checkout and its name: the tag at it, else its branch, else ``git describe --always``."""
     commit = run(['git', '-C', str(checkout), 'rev-parse', 'HEAD'], f'git rev-parse in {checkout}').strip()
-    describe = run(['git', '-C', str(checkout), 'describe', '--tags', '--always'], f'git describe in {checkout}')
-    return commit, describe.strip()
+    for cmd in (['describe', '--tags', '--exact-match'], ['symbolic-ref', '--short', '-q', 'HEAD']):
+        try:
+            name = run(['git', '-C', str(checkout), *cmd], f'git {cmd[0]} in {checkout}').strip()
+        except SuiteError:
+            continue
+        if name:
+            return commit, name
+    return commit, run(
+        ['git', '-C', str(checkout), 'describe', '--tags', '--always'],
+        f'git describe in {checkout}',
+    ).strip()
 
 
 def fork_state() -> dict[str, str]:
