@@ -23,7 +23,8 @@ Steps: the client venv (:mod:`clients.llmfoundry.venv`), upstream's unmodified p
    with exit 130 and a stderr line naming what was still closing. Upstream's exit code and time are recorded.
 4. ``sigterm-default``: the variable unset, SIGTERM mid-training exits 143, on the fork as on upstream.
 
-It prints one line per scenario and ``N passed, N failed`` and exits 1 if a scenario failed. ``--write-docs``
+``--quick`` trains 6 batches instead of 16 and runs upstream only where a scenario is about it (3 and 4), not as the
+comparison in 1 and 2. It prints one line per scenario and ``N passed, N failed`` and exits 1 if a scenario failed. ``--write-docs``
 rewrites the section "LLM Foundry end to end" of ``docs/clients.md`` from the results.
 """
 
@@ -38,6 +39,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +56,10 @@ CALLBACKS_FILE = Path(__file__).resolve().parent / 'foundry_callbacks.py'
 SECTION = '## LLM Foundry end to end'
 LAST_SECTION = '## The clients\' own test suites, fork vs upstream'
 LAST_SECTION_PLACEHOLDER = '(filled in by make client-tests)'
+INTRO = (
+    'What the fork\'s clients see when the fork replaces upstream 0.32.1 as their `mosaicml`. Each section is written '
+    'by\nthe run it describes.\n'
+)
 
 #: Seconds: one training process, a helper process in the client venv, the driver's wait for the signal marker.
 TRAIN_TIMEOUT = 600
@@ -62,6 +68,8 @@ RUN_TIMEOUT = 3  # LLM Foundry's run_timeout callback: SIGINT this long after fi
 CLOSE_TIMEOUT = 5  # COMPOSER_SIGNAL_CLOSE_TIMEOUT in scenario 3
 CLOSE_SLACK = 10  # scenario 3's allowance on top of RUN_TIMEOUT + CLOSE_TIMEOUT, from fit_end to the process's end
 HANG_SECONDS = 30  # the hanging close() returns after this: longer than the fork's bound, and nothing hangs for ever
+NOT_RUN = 'not run (--quick)'
+IGNORED_IN_DEL = 'Exception ignored in: <function Engine.__del__'
 CHECKPOINT = re.compile(r'ep(\d+)-ba(\d+)-rank0\.pt')
 #: Variables of the caller's environment that would change the runs (platform loggers, the fork's switches).
 DROPPED_ENV_PREFIXES = ('COMPOSER_', 'MOSAICML_', 'WANDB_', 'MLFLOW_', 'DATABRICKS_', 'HF_', 'TRANSFORMERS_')
@@ -89,6 +97,7 @@ class Sizes:
     signal_at: int  # the batch at whose end SIGTERM is sent
     batch_size: int = 4
     seq_len: int = 64
+    upstream_everywhere: bool = True  # False: upstream only where a scenario asks for it (3 and 4)
 
     @property
     def samples(self) -> int:
@@ -96,7 +105,7 @@ class Sizes:
 
 
 FULL = Sizes(batches=16, signal_at=6)
-QUICK = Sizes(batches=6, signal_at=3)
+QUICK = Sizes(batches=6, signal_at=3, upstream_everywhere=False)
 
 
 @dataclass
@@ -157,6 +166,10 @@ class Client:
         self.upstream_target = upstream_target
         self.sizes = sizes
         self.inputs = work / 'inputs'
+
+    def packages(self) -> tuple[str, ...]:
+        """Where upstream is only a comparison (scenarios 1 and 2), ``--quick`` runs the fork alone."""
+        return ('fork', 'upstream') if self.sizes.upstream_everywhere else ('fork',)
 
     # -- helpers in the client venv ------------------------------------------------------------------------------------
 
@@ -387,14 +400,14 @@ def _fmt_failure(training: Training, what: str) -> str:
 
 def uninterrupted(client: Client) -> Scenario:
     scenario = Scenario('uninterrupted', 'uninterrupted run (the reference)')
-    for package in ('fork', 'upstream'):
+    for package in client.packages():
         folder = client.new_run(f'uninterrupted-{package}', {})
         training = client.train(folder, package)
         outcome = Outcome([training], checkpoint_batches(folder), final_checkpoint(folder, client.sizes.batches))
         setattr(scenario, package, outcome)
         if training.returncode != 0 or outcome.final is None:
             scenario.failures.append(_fmt_failure(training, f'{package}: exit {training.exit}, no final checkpoint'))
-    if scenario.fork.final and scenario.upstream.final:
+    if scenario.fork.final and scenario.upstream and scenario.upstream.final:
         result = client.compare(scenario.fork.final, scenario.upstream.final)
         scenario.upstream.identical = result['identical']
         if not result['identical']:
@@ -405,7 +418,7 @@ def uninterrupted(client: Client) -> Scenario:
 def preempted(client: Client, reference: Optional[Path]) -> Scenario:
     scenario = Scenario('preempted', 'SIGTERM mid-training, COMPOSER_SAVE_ON_PREEMPTION=1; rerun resumes')
     n = client.sizes.signal_at
-    for package in ('fork', 'upstream'):
+    for package in client.packages():
         name = f'preempted-{package}'
         folder = client.new_run(name, client.signal_callbacks(name))
         env = {'COMPOSER_SAVE_ON_PREEMPTION': '1'}
@@ -468,6 +481,8 @@ def close_timeout(client: Client) -> Scenario:
         named = [line for line in training.stderr.splitlines() if 'HangingCloseCallback.close' in line]
         outcome.notes.append('stderr names HangingCloseCallback.close' if named else 'no stderr line names the close')
         outcome.notes.append(f'close() began {training.closes}x')
+        if IGNORED_IN_DEL in training.stderr:
+            outcome.notes.append('SystemExit ignored in Engine.__del__')
         setattr(scenario, package, outcome)
         if package == 'fork':
             if training.returncode != 130:
@@ -513,43 +528,73 @@ def upstream_target(python: Path, dest: Path) -> Path:
     return dest
 
 
+def _paragraph(*parts: str) -> str:
+    return textwrap.fill(''.join(parts), width=120, break_long_words=False, break_on_hyphens=False)
+
+
 def markdown(scenarios: list[Scenario], facts: dict[str, Any]) -> str:
     """The section "LLM Foundry end to end" of docs/clients.md, from this run's results."""
     passed = sum(s.passed for s in scenarios)
     rows = [
-        f'| {i}. {s.title} | {s.fork.cell() if s.fork else "-"} | {s.upstream.cell() if s.upstream else "-"} | '
+        f'| {i}. {s.title} | {s.fork.cell() if s.fork else "-"} | {s.upstream.cell() if s.upstream else NOT_RUN} | '
         f'{"passed" if s.passed else "FAILED: " + "; ".join(f.splitlines()[0] for f in s.failures)} |'
         for i, s in enumerate(scenarios, 1)
     ]
     v = facts['versions']
-    return '\n'.join([
+    lines = [
         SECTION,
         '',
-        'LLM Foundry\'s own CLI, `python -m llmfoundry.cli.cli train <yaml>`, trains a tiny MPT (2 layers, d_model 64) '
-        'on CPU, offline (`HF_HUB_OFFLINE=1`, no loggers), with a BPE tokenizer trained locally and synthetic data '
-        'written with streaming\'s `MDSWriter`, once with the fork and once with upstream\'s unmodified 0.32.1 '
-        'package switched in with `PYTHONPATH`, in the same venv. Run it with `make client [QUICK=1]` '
-        '(`python -m clients.llmfoundry [--quick] [--write-docs]`); the inputs, YAMLs, logs and checkpoints are '
-        'in `build/client/`. This section is written by `--write-docs` from the run below.',
+        _paragraph(
+            'LLM Foundry\'s own CLI, `python -m llmfoundry.cli.cli train <yaml>`, trains a tiny MPT (2 layers, ',
+            'd_model 64) on CPU, offline (`HF_HUB_OFFLINE=1`, no loggers), with a BPE tokenizer trained locally and ',
+            'synthetic data written with streaming\'s `MDSWriter`, once with the fork and once with upstream\'s ',
+            'unmodified 0.32.1 package switched in with `PYTHONPATH`, in the same venv. Run it with ',
+            '`make client [QUICK=1] [DOCS=1]` (`python -m clients.llmfoundry [--quick] [--write-docs]`); the inputs, ',
+            'YAMLs, logs and checkpoints are in `build/client/`. This section is written by `--write-docs` from the ',
+            'run below.',
+        ),
         '',
-        f'Run of {facts["date"]}: fork `{v["mosaicml"]}` at commit `{facts["commit"]}`, '
-        f'llm-foundry `{v["llm-foundry"]}`, '
-        f'torch `{v["torch"]}`, mosaicml-streaming `{v["mosaicml-streaming"]}`, transformers `{v["transformers"]}`; '
-        f'{facts["batches"]} batches of {facts["batch_size"]}, SIGTERM at the end of batch {facts["signal_at"]}'
-        f'{" (--quick)" if facts["quick"] else ""}. Client venv step: {facts["venv_seconds"]:.0f} s; scenarios: '
-        f'{facts["scenario_seconds"]:.0f} s. **{passed} passed, {len(scenarios) - passed} failed.**',
+        _paragraph(
+            f'Run of {facts["date"]} on {facts["cpus"]} CPUs: fork `{v["mosaicml"]}` at commit `{facts["commit"]}`, ',
+            f'llm-foundry `{v["llm-foundry"]}`, torch `{v["torch"]}`, mosaicml-streaming ',
+            f'`{v["mosaicml-streaming"]}`, transformers `{v["transformers"]}`; {facts["batches"]} batches of ',
+            f'{facts["batch_size"]} samples, SIGTERM at the end of batch {facts["signal_at"]}',
+            ' (`--quick`)' if facts['quick'] else '',
+            f'. Wall time: client venv step {facts["venv_seconds"]:.0f} s ({facts["venv_state"]}), scenarios ',
+            f'{facts["scenario_seconds"]:.0f} s. **{passed} passed, {len(scenarios) - passed} failed.**',
+        ),
         '',
-        'Cells: exit code(s), wall time of each process, the checkpoint files the (first) run left, whether the final '
-        'weights are bit-identical (`torch.equal` on every tensor of `state[\'model\']`) to the fork\'s scenario 1.',
+        _paragraph(
+            'Cells: exit code(s), wall time of each process, the checkpoint files that the (first) process left, ',
+            'whether the final weights are bit-identical (`torch.equal` on every tensor of `state[\'model\']`) to ',
+            'the fork\'s in scenario 1.',
+        ),
         '',
         '| scenario | fork | upstream 0.32.1 | fork check |',
         '| --- | --- | --- | --- |',
         *rows,
         '',
+    ]
+    close = next((s for s in scenarios if s.name == 'close-timeout'), None)
+    if close and close.upstream and IGNORED_IN_DEL in close.upstream.trainings[0].stderr:
+        lines += [
+            _paragraph(
+                'Upstream in scenario 3: LLM Foundry\'s `train()` drops the `Trainer`, so `Engine.__del__` runs the ',
+                'close; the SIGINT handler\'s `sys.exit(130)` raises inside it, where Python ignores the exception ',
+                '(`Exception ignored in: <function Engine.__del__ ...>` on stderr); the exit hook then runs the close ',
+                f'again, which hangs to its end ({HANG_SECONDS} s here), and the process exits ',
+                f'{close.upstream.trainings[0].exit}.',
+            ),
+            '',
+        ]
+    lines += [
         '### Preemption saving for LLM Foundry jobs',
         '',
-        'Leave the YAML as it is (`save_folder` set, as for any checkpointing) and set the variable in the job\'s '
-        'environment, e.g. in a Kubernetes pod spec or an MCLI run\'s `env_variables`:',
+        _paragraph(
+            'Leave the YAML as it is (`save_folder` set, as for any checkpointing; `autoresume: true` with a ',
+            '`run_name` to resume) and set the variable in the job\'s environment, e.g. in a Kubernetes container ',
+            'spec:',
+        ),
         '',
         '```yaml',
         'env:',
@@ -557,13 +602,16 @@ def markdown(scenarios: list[Scenario], facts: dict[str, Any]) -> str:
         '    value: "1"',
         '```',
         '',
-        'A SIGTERM during `fit()` then stops every rank after the batch in flight, saves that batch\'s checkpoint to '
-        '`save_folder` and exits 143; the same YAML with `autoresume: true` (which needs `run_name` and `save_folder`) '
-        'resumes from it. A `Trainer` without `save_folder` logs one warning and runs without it. '
-        '`COMPOSER_SIGNAL_CLOSE_TIMEOUT=<seconds>` (default 30) bounds how long a close may go on after a first '
-        'SIGTERM/SIGINT, such as the SIGINT of LLM Foundry\'s `run_timeout` callback.',
+        _paragraph(
+            'or `COMPOSER_SAVE_ON_PREEMPTION=1 python -m llmfoundry.cli.cli train job.yaml`. A SIGTERM during `fit()` ',
+            'then stops every rank after the batch in flight, saves that batch\'s checkpoint to `save_folder` and ',
+            'exits 143; the same YAML run again resumes from it. A `Trainer` without `save_folder` logs one warning ',
+            'and runs without it. `COMPOSER_SIGNAL_CLOSE_TIMEOUT=<seconds>` (default 30) bounds how long a close may ',
+            'go on after a first SIGTERM/SIGINT, such as the SIGINT of LLM Foundry\'s `run_timeout` callback.',
+        ),
         '',
-    ])
+    ]
+    return '\n'.join(lines)
 
 
 def write_docs(section: str, path: Path = DOCS) -> None:
@@ -571,7 +619,7 @@ def write_docs(section: str, path: Path = DOCS) -> None:
     if path.exists():
         text = path.read_text(encoding='utf-8')
     else:
-        text = f'# Clients of the fork\n\n{SECTION}\n\n{LAST_SECTION}\n\n{LAST_SECTION_PLACEHOLDER}\n'
+        text = f'# Clients of the fork\n\n{INTRO}\n{SECTION}\n\n{LAST_SECTION}\n\n{LAST_SECTION_PLACEHOLDER}\n'
     if SECTION not in text:
         text = text.replace(LAST_SECTION, f'{SECTION}\n\n{LAST_SECTION}') if LAST_SECTION in text else \
             f'{text.rstrip()}\n\n{SECTION}\n'
@@ -582,25 +630,13 @@ def write_docs(section: str, path: Path = DOCS) -> None:
     path.write_text(text[:start] + section + ('\n' if following else '') + text[end:], encoding='utf-8')
 
 
-def _commit() -> str:
-    out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'],
-                         cwd=REPO,
-                         capture_output=True,
-                         text=True,
-                         timeout=60,
-                         check=False)
-    dirty = subprocess.run(['git', 'status', '--porcelain', '--', 'composer', 'patches', 'upstream.cfg', 'setup.py'],
-                           cwd=REPO,
-                           capture_output=True,
-                           text=True,
-                           timeout=60,
-                           check=False)
-    return out.stdout.strip() + (' + uncommitted changes' if dirty.stdout.strip() else '')
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m clients.llmfoundry', description=__doc__.splitlines()[0])
-    parser.add_argument('--quick', action='store_true', help=f'{QUICK.batches} batches instead of {FULL.batches}')
+    parser.add_argument(
+        '--quick',
+        action='store_true',
+        help=f'{QUICK.batches} batches instead of {FULL.batches}; upstream only in scenarios 3 and 4',
+    )
     parser.add_argument('--write-docs', action='store_true', help=f'write the results into {DOCS.relative_to(REPO)}')
     parser.add_argument('--venv', type=Path, default=client_venv.DEFAULT_DEST, help='default: %(default)s')
     parser.add_argument('--work', type=Path, default=DEFAULT_WORK, help='default: %(default)s')
@@ -614,7 +650,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     work = args.work.resolve()
     started = time.monotonic()
     try:
-        python = client_venv.ensure_venv(args.venv, reinstall_fork=args.reinstall_fork)
+        done: list[str] = []
+        python = client_venv.ensure_venv(args.venv, reinstall_fork=args.reinstall_fork, done=done)
+        venv_state = ', '.join(done)
         venv_seconds = time.monotonic() - started
         client = Client(python, work, upstream_target(python, work / 'upstream-target'), sizes)
         versions = client.versions()
@@ -636,20 +674,22 @@ def main(argv: Optional[list[str]] = None) -> int:
         status = 'passed' if scenario.passed else 'FAILED'
         print(
             f'{status}: {scenario.name}: fork: {scenario.fork.cell() if scenario.fork else "-"}; upstream: '
-            f'{scenario.upstream.cell() if scenario.upstream else "-"}',
+            f'{scenario.upstream.cell() if scenario.upstream else NOT_RUN}',
             flush=True,
         )
         for failure in scenario.failures:
             print(f'    {failure}', flush=True)
     facts = {
         'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-        'commit': _commit(),
+        'commit': client_venv.built_from(args.venv.resolve()) or client_venv.source_commit(),
         'versions': versions,
         'batches': sizes.batches,
         'batch_size': sizes.batch_size,
         'signal_at': sizes.signal_at,
         'quick': args.quick,
         'venv_seconds': venv_seconds,
+        'venv_state': venv_state,
+        'cpus': os.cpu_count(),
         'scenario_seconds': time.monotonic() - scenario_start,
     }
     if args.write_docs:

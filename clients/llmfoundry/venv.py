@@ -53,6 +53,10 @@ VENV_TIMEOUT = 300
 INSTALL_TIMEOUT = 3600
 WHEEL_TIMEOUT = 900
 CHECK_TIMEOUT = 300
+#: What the fork's wheel is built from: a change here makes the working tree's build differ from HEAD's.
+FORK_SOURCES = ('composer', 'patches', 'forktool', 'upstream.cfg', 'setup.py', 'pyproject.toml')
+#: Beside the wheel: the commit it was built from.
+SOURCE_FILE = 'built-from.json'
 
 
 class VenvError(Exception):
@@ -133,8 +137,10 @@ def build_fork_wheel(python: Path, wheel_dir: Path) -> Path:
     cmd = [str(python), '-m', 'pip', 'wheel', '--quiet', '--no-deps', '-w', str(wheel_dir)]
     try:
         log(f'building the fork\'s wheel from the working tree {REPO}')
+        source = source_commit()
         _run(cmd + [str(REPO)], WHEEL_TIMEOUT, 'Building the fork\'s wheel from the working tree')
     except VenvError as e:
+        source = source_commit(head=True)
         log(f'{e}\nclient-venv: building from the committed HEAD instead')
         with tempfile.TemporaryDirectory(prefix='client-venv-head-') as tmp:
             tree = Path(tmp) / 'head'
@@ -148,7 +154,31 @@ def build_fork_wheel(python: Path, wheel_dir: Path) -> Path:
     wheels = sorted(wheel_dir.glob('mosaicml-*.whl'))
     if len(wheels) != 1:
         raise VenvError(f'Expected one mosaicml wheel in {wheel_dir}, found {[w.name for w in wheels]}.')
+    (wheel_dir / SOURCE_FILE).write_text(json.dumps({'commit': source}), encoding='utf-8')
     return wheels[0]
+
+
+def source_commit(head: bool = False) -> str:
+    """``git rev-parse --short HEAD``, with `` + uncommitted changes`` if the fork's sources differ from it."""
+    commit = _run(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'],
+                  CHECK_TIMEOUT,
+                  'git rev-parse',
+                  capture=True).strip()
+    if head:
+        return commit
+    status = _run(['git', '-C', str(REPO), 'status', '--porcelain', '--', *FORK_SOURCES],
+                  CHECK_TIMEOUT,
+                  'git status',
+                  capture=True)
+    return commit + (' + uncommitted changes' if status.strip() else '')
+
+
+def built_from(dest: Path = DEFAULT_DEST) -> Optional[str]:
+    """The commit the venv's fork was built from, as :func:`source_commit` gave it at build time (None: unknown)."""
+    try:
+        return json.loads((dest / 'wheels' / SOURCE_FILE).read_text(encoding='utf-8'))['commit']
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def wheel_version(wheel: Path) -> str:
@@ -183,8 +213,16 @@ def verify(python: Path, expected: str) -> None:
         )
 
 
-def ensure_venv(dest: Path = DEFAULT_DEST, reinstall_fork: bool = False) -> Path:
-    """Make the client venv at ``dest`` current (see the module docstring) and return its python."""
+def ensure_venv(dest: Path = DEFAULT_DEST, reinstall_fork: bool = False, done: Optional[list[str]] = None) -> Path:
+    """Make the client venv at ``dest`` current (see the module docstring) and return its python.
+
+    Args:
+        dest (Path): The venv folder.
+        reinstall_fork (bool): Rebuild and reinstall the fork even if the venv has its version.
+        done (list[str], optional): Gets what was done appended: ``'up to date'``, ``'fork reinstalled'`` or
+            ``'installed'``.
+    """
+    done = [] if done is None else done
     dest = dest.resolve()
     version = fork_version()
     python = _create(dest)
@@ -193,6 +231,7 @@ def ensure_venv(dest: Path = DEFAULT_DEST, reinstall_fork: bool = False) -> Path
     complete = have['llm-foundry'] == LLM_FOUNDRY_VERSION and have['torch'] == TORCH_VERSION
     if complete and have['mosaicml'] == version and not reinstall_fork:
         log(f'up to date: llm-foundry {LLM_FOUNDRY_VERSION}, torch {TORCH_VERSION}, mosaicml {version}')
+        done.append('up to date')
     else:
         wheel = build_fork_wheel(python, wheel_dir)
         version = wheel_version(wheel)  # HEAD's, if the working tree did not build
@@ -200,9 +239,11 @@ def ensure_venv(dest: Path = DEFAULT_DEST, reinstall_fork: bool = False) -> Path
         pip = [str(python), '-m', 'pip', 'install', '--find-links', str(wheel_dir), '-c', str(constraints)]
         if complete:
             log(f'reinstalling the fork only: mosaicml {have["mosaicml"]} -> {version}')
+            done.append('fork reinstalled')
             _run(pip + ['--no-deps', '--force-reinstall', str(wheel)], INSTALL_TIMEOUT, 'Reinstalling the fork')
         else:
             log(f'installing llm-foundry=={LLM_FOUNDRY_VERSION} with the fork {version} (first time: 5-11 min, 7 GB)')
+            done.append('installed')
             _run(
                 pip + [str(wheel), f'llm-foundry=={LLM_FOUNDRY_VERSION}'],
                 INSTALL_TIMEOUT,
