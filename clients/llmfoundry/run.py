@@ -338,6 +338,11 @@ class Client:
                 timed_out = True
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=60)
+            except BaseException:  # the driver interrupted: leave no training behind (it has a session of its own)
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=60)
+                raise
         ended = time.time()
         training = Training(proc.returncode, time.monotonic() - start, timed_out, log, ended=ended)
         training.stderr = (folder / f'train-{attempt}.stderr').read_text(errors='replace')
