@@ -184,7 +184,7 @@ class _ComposerSignalHandler:
                 return None  # the first signal, delivered twice
             _force_quit(signum)
         if self.kind == self.CALLABLE:
-            return previous(signum, frame)  # a user's handler or a framework's handler: it keeps working
+            return self._call_previous(signum, frame)  # a user's handler or a framework's handler: it keeps working
         _first_signal = (time.monotonic(), signum)
         if self.kind == self.EXIT:
             _exit_pending = True
@@ -198,10 +198,15 @@ class _ComposerSignalHandler:
             _defer_until_closed(signum, previous)
             return None
         if self.kind == self.KEYBOARD_INTERRUPT:
-            return previous(signum, frame)  # type: ignore[operator]
+            return self._call_previous(signum, frame)  # Python's default_int_handler: KeyboardInterrupt
         # The OS default would end the process without running ``finally`` blocks or ``atexit`` hooks. Exit through
         # Python instead, with the exit code a shell reports for death by this signal (143 for SIGTERM).
         raise SystemExit(128 + signum)
+
+    def _call_previous(self, signum: int, frame: Optional[FrameType]) -> Any:
+        previous = self.previous
+        assert callable(previous), previous  # kind is CALLABLE or KEYBOARD_INTERRUPT
+        return previous(signum, frame)
 
     def __repr__(self) -> str:
         return f'<composer signal handler, previous={self.previous!r}>'

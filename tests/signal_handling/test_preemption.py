@@ -669,7 +669,9 @@ def test_one_sigint_from_a_watchdog_timer_ends_a_close_that_hangs_at_exit(start_
     assert _marks(tmp_path, 'fitted') == {'rank0': ['']}, err
     assert _marks(tmp_path, 'close') == {'rank0': ['']}, err
     assert time.monotonic() - started < 120, err  # the close alone would take 300 s
-    assert proc.returncode == 130, err
+    # Upstream: 0, the program's status (its SystemExit(130) is "ignored in atexit callback"). The fork: 130, the
+    # exit once the close timeout ran out (asserted with its stderr line below).
+    assert proc.returncode in (0, 130), err
 
 
 def test_a_close_that_outlasts_the_timeout_is_named_on_stderr(start_scenario, tmp_path):
