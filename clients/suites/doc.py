@@ -32,7 +32,28 @@ network) are fine for this comparison; they are listed under each table.
 git clone <mosaicml/composer> build/composer && git -C build/composer checkout v0.32.1
 git clone <mosaicml/llm-foundry> build/llm-foundry && git -C build/llm-foundry checkout release/v0.22.0
 make client-tests COMPOSER_TESTS=build/composer LLMFOUNDRY=build/llm-foundry   # either or both
+python -m clients.suites --doc docs/client-tests.md                             # this file, from the JSONs
 ```
+
+`make client-tests` first runs `make install test-deps` (the fork from the working tree into `.venv`); to compare
+the fork as installed, call `.venv/bin/python -m clients.suites --composer <checkout> --llmfoundry <checkout>`.
+It ends with the line `comparisons: N passed, N failed`: a comparison passes when the test's outcome is the same on
+both sides or its difference is explained; a failed comparison is an unexplained difference (a test failing on both
+sides counts as a passed comparison, and the tables show the tests' own counts per side).
+
+## What runs
+
+- **Composer v0.32.1**: `tests/test_engine.py tests/test_events.py tests/test_cli.py tests/checkpoint
+  tests/callbacks tests/utils tests/trainer` (v0.32.1 has no `tests/cli` folder: its CLI tests are
+  `tests/test_cli.py`), with upstream's own pytest configuration: `-m 'not gpu and not doctest and not daily and not
+  remote'` and warnings as errors from its `pyproject.toml`, world size 1 from its `conftest.py`. Upstream's optional
+  extras for Hugging Face (transformers, datasets), Google Cloud, OCI, ... are not installed: their tests skip, or
+  error alike on both sides (two test files fail to import without transformers; the tokenizer fixtures try
+  github.com); they are listed under the table. pytest-codeblocks is 0.18.0, not upstream's 0.17.0, whose
+  `pytest_collect_file(path)` hook pytest 9 rejects.
+- **LLM Foundry 0.22.0**: `tests/a_scripts/train tests/a_scripts/eval tests/callbacks tests/optim
+  tests/test_registry.py tests/utils/test_builders.py`, with its own `-m 'not gpu'`. The stand-in tokenizer has the
+  originals' special tokens but not their vocabulary: the tests run the same code paths with other token ids.
 
 - Composer's suite runs in the fork's `.venv`; `clients/suites/requirements.txt` adds upstream's test dependencies
   (mlflow, pytest-codeblocks, boto3, moto, ...), the installed fork kept by a constraint. Each pytest run gets a

@@ -39,7 +39,7 @@ def build(suite: Suite, ran: dict[str, Any], test_timeout: int) -> dict[str, Any
         'title': suite.title,
         'started': ran['started'].isoformat(timespec='seconds'),
         'finished': ran['finished'].isoformat(timespec='seconds'),
-        'fork': fork_state(),
+        'fork': fork_state(Path(ran['imported'][suite.sides[0].name]['file']).parent),
         'imported': ran['imported'],
         'python': _rel(suite.python),
         'python_version': python_version,
@@ -87,6 +87,13 @@ def _cell(text: str) -> str:
     return text.replace('|', '\\|').replace('\n', ' ')
 
 
+def _installed(fork: dict[str, str]) -> str:
+    if 'installed_signal_handling_is_commits' not in fork:
+        return ''
+    return f'; the installed fork\'s composer/utils/signal_handling.py is that commit\'s: ' + fork[
+        'installed_signal_handling_is_commits']
+
+
 def _times(data: dict[str, Any], sides: list[str]) -> list[str]:
     """Wall time of each pytest run per side, with the part after the session's end (exit hooks, shutdown)."""
     by_chunk: dict[str, dict[str, dict[str, Any]]] = {}
@@ -125,9 +132,9 @@ def markdown(data: dict[str, Any]) -> str:
         f'- Run: {data["started"]} to {data["finished"]} (UTC); wall time per side: ' +
         ', '.join(f'{side} {data["seconds"][side] / 60:.1f} min' for side in sides),
         f'- Fork: `{fork_import["version"]}` (installed in `{data["python"]}`), repository commit '
-        f'`{data["fork"]["commit"][:12]}` (fork sources modified since that commit: '
-        f'{data["fork"]["sources_modified_since_commit"]}); upstream: `{upstream_import["version"]}` from '
-        f'`{_rel(upstream_import["file"])}`',
+        f'`{data["fork"]["commit"][:12]}` (the working tree\'s fork sources differ from it when the report was '
+        f'written: {data["fork"]["sources_modified_since_commit"]}{_installed(data["fork"])}); upstream: '
+        f'`{upstream_import["version"]}` from `{_rel(upstream_import["file"])}`',
         f'- Tests: `{data["checkout"]}` at `{data["checkout_describe"]}` (`{data["checkout_commit"][:12]}`); '
         f'Python {data["python_version"]}, {data["pytest"]}; per-test timeout {data["test_timeout"]} s',
         '- Paths: ' + ' '.join(f'`{c}`' for c in data['chunks'] if c not in data['chunks_not_run']),

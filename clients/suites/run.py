@@ -69,8 +69,9 @@ def git_describe(checkout: Path) -> tuple[str, str]:
     ).strip()
 
 
-def fork_state() -> dict[str, str]:
-    """This repository's commit, and whether the fork's sources differ from it in the working tree."""
+def fork_state(installed: Optional[Path] = None) -> dict[str, str]:
+    """This repository's commit, whether the working tree's fork sources differ from it, and whether the installed
+    fork's own module (``installed``: the fork side's composer package folder) is that commit's."""
     commit = run(['git', '-C', str(REPO), 'rev-parse', 'HEAD'], 'git rev-parse').strip()
     dirty = run([
         'git',
@@ -84,7 +85,13 @@ def fork_state() -> dict[str, str]:
         'setup.py',
         'upstream.cfg',
     ], 'git status').strip()
-    return {'commit': commit, 'sources_modified_since_commit': 'yes' if dirty else 'no'}
+    state = {'commit': commit, 'sources_modified_since_commit': 'yes' if dirty else 'no'}
+    module = 'composer/utils/signal_handling.py'
+    if installed is not None and (installed / 'utils' / 'signal_handling.py').exists():
+        committed = run(['git', '-C', str(REPO), 'show', f'HEAD:{module}'], f'git show HEAD:{module}')
+        same = (installed / 'utils' / 'signal_handling.py').read_text() == committed
+        state['installed_signal_handling_is_commits'] = 'yes' if same else 'no'
+    return state
 
 
 @dataclasses.dataclass
