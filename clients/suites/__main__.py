@@ -35,6 +35,8 @@ def _deadline(text: Optional[str]) -> Optional[datetime.datetime]:
         hour, minute = (int(x) for x in text.split(':'))
     except ValueError as e:
         raise SuiteError(f'--until {text!r}: give the UTC time as HH:MM') from e
+    if not (0 <= hour < 24 and 0 <= minute < 60):
+        raise SuiteError(f'--until {text!r}: give the UTC time as HH:MM, 00:00 to 23:59')
     now = datetime.datetime.now(datetime.timezone.utc)
     return now.replace(hour=hour, minute=minute, second=0, microsecond=0)
 
