@@ -52,7 +52,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument('--llmfoundry', type=Path, help='a git checkout of mosaicml/llm-foundry at release/v0.22.0')
     parser.add_argument('--llmfoundry-paths', nargs='+', help=f'instead of {" ".join(llmfoundry_suite.PATHS)}')
     parser.add_argument('--out', type=Path, default=DEFAULT_OUT, help='where the JSON, markdown and logs go')
-    parser.add_argument('--test-timeout', type=int, default=300, help='seconds per test (pytest-timeout)')
+    parser.add_argument('--test-timeout', type=int, help='seconds per test (pytest-timeout); default: the suite\'s')
     parser.add_argument('--chunk-timeout', type=int, default=5400, help='seconds per pytest run (one path, one side)')
     parser.add_argument('--until', help='UTC HH:MM after which no further path starts (the rest is reported unrun)')
     parser.add_argument('--doc', type=Path, help='write this markdown file from the JSONs in --out (after any runs)')
@@ -89,8 +89,9 @@ def _main(args: argparse.Namespace) -> int:
             log(f'{suite.name}: deselected on both sides ({len(suite.deselected)}):')
             for entry in suite.deselected:
                 print(f'  {entry["test"]}  -- {entry["reason"]}', file=sys.stderr)
-        ran = run_suite(suite, args.out, args.test_timeout, args.chunk_timeout, deadline)
-        data = report.build(suite, ran, args.test_timeout)
+        test_timeout = args.test_timeout or suite.test_timeout
+        ran = run_suite(suite, args.out, test_timeout, args.chunk_timeout, deadline)
+        data = report.build(suite, ran, test_timeout)
         json_path = report.write_json(data, args.out)
         md = report.markdown(data)
         (args.out / f'{suite.name}.md').write_text(md)

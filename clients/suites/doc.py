@@ -69,12 +69,12 @@ sides counts as a passed comparison, and the tables show the tests' own counts p
 - Both suites: the side imports are checked before the runs (the fork side must import the venv's installed fork,
   the upstream side `build/upstream-target`); the venv's `bin/` is first on `PATH`; `COMPOSER_SAVE_ON_PREEMPTION`,
   `COMPOSER_SIGNAL_CLOSE_TIMEOUT` and `COMPOSER_SIGNAL_HANDLING` are removed from the environment (the defaults are
-  compared); every test has a timeout (pytest-timeout, 300 s) and every pytest run one too (5400 s, then its process
-  group is stopped).
+  compared); every test has a timeout (pytest-timeout: 300 s, LLM Foundry's 900 s) and every pytest run one too
+  (5400 s, then its process group is stopped).
 - Output: `build/client-tests/<suite>.json` (every test's outcome on both sides), `<suite>.md` (the table),
   `<suite>/<side>/*.log` (pytest's output). Exit status 1 when an unexplained difference exists, 2 when something
   could not run, 3 when `--until HH:MM` (UTC) left paths unrun.
-- Options (`python -m clients.suites --help`): `--composer-paths`, `--llmfoundry-paths`, `--test-timeout` (300 s per
+- Options (`python -m clients.suites --help`): `--composer-paths`, `--llmfoundry-paths`, `--test-timeout` (seconds per
   test), `--chunk-timeout` (5400 s per pytest run), `--until`.
 
 """

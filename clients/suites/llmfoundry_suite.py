@@ -38,6 +38,9 @@ PATHS = [
 HERE = Path(__file__).resolve().parent
 REQUIREMENTS = HERE / 'llmfoundry-requirements.txt'
 DESELECT_FILE = HERE / 'llmfoundry-deselect.toml'
+#: Seconds per test: tests/a_scripts/eval/test_eval.py::test_loader_eval takes about 145 s on 2 busy cores on either
+#: side, and went past 300 s in 2 of 4 runs on this machine (on both sides alike in one run).
+TEST_TIMEOUT = 900
 #: Seconds the client venv's build may take (its first build downloads torch).
 VENV_TIMEOUT = 4 * 3600
 
@@ -184,6 +187,7 @@ def prepare(checkout: Path, out: Path, paths: list[str] | None = None, python: P
         checkout_describe=describe,
         deselected=load_deselected(),
         also_import=['llmfoundry'],
+        test_timeout=TEST_TIMEOUT,
         env={
             'HF_HOME': '{run}/hf-home',
             'HF_HUB_CACHE': '{run}/hf-home/hub',

@@ -126,6 +126,8 @@ class Suite:
     #: Environment variables of both sides; ``{run}`` in a value stands for the run's folder.
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: Seconds per test (pytest-timeout), unless --test-timeout says otherwise.
+    test_timeout: int = 300
     #: Modules whose file each side reports with composer's (e.g. that the client itself is the venv's).
     also_import: list[str] = dataclasses.field(default_factory=list)
 
