@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -39,6 +40,10 @@ def _deadline(text: Optional[str]) -> Optional[datetime.datetime]:
         raise SuiteError(f'--until {text!r}: give the UTC time as HH:MM, 00:00 to 23:59')
     now = datetime.datetime.now(datetime.timezone.utc)
     return now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -66,6 +71,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             file=sys.stderr,
         )
         return 2
+    # SIGTERM (or SIGHUP) ends the driver through SystemExit, so the pytest run in flight is stopped with it.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     try:
         return _main(args)
     except SuiteError as e:
