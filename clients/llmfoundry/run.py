@@ -635,6 +635,11 @@ def write_docs(section: str, path: Path = DOCS) -> None:
     path.write_text(text[:start] + section + ('\n' if following else '') + text[end:], encoding='utf-8')
 
 
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    del frame
+    sys.exit(128 + signum)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m clients.llmfoundry', description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -652,6 +657,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
+    # A SIGTERM (or SIGHUP) ends the driver through SystemExit, so that it kills the training in flight.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     work = args.work.resolve()
     started = time.monotonic()
     try:
