@@ -421,14 +421,14 @@ def acquire_signal_handlers(enable_signal_handling: Optional[bool] = None) -> Si
     close_timeout = resolve_close_timeout()
     with _lock:
         _take_ownership_locked()
-        if _holders == 0:
-            _forget_signals()  # a new engine: the process went on after any stop (a caught SystemExit)
         if not _installed:
             error = _install_locked()
             if error is not None:
                 _warn_once(error)
                 return SignalHandlerLease(holds_handlers=False, reason=error, warned=True)
-        _attach_watchdog_locked()
+        if _holders == 0:  # the first holder, also a forked child that takes over
+            _forget_signals()  # a new engine: the process went on after any stop (a caught SystemExit)
+            _attach_watchdog_locked()  # detached again when the handlers are restored
         _set_close_timeout(close_timeout)
         _holders += 1
         return SignalHandlerLease(holds_handlers=True)

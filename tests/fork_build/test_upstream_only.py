@@ -1,4 +1,4 @@
-"""The upstream-only patches (``patches/upstream-only/``: upstream's docs, for pull requests only).
+"""The upstream-only patches (``patches/upstream-only/``: upstream's docs and tests, for pull requests only).
 
 They never reach the build (the release artifacts have no ``docs/``), and CI has no upstream checkout to apply them to
 (``git apply --check`` against v0.32.1 and the dev tip is a maintainer step), so this checks what can be checked here:
@@ -26,7 +26,9 @@ def test_headers_are_complete_and_name_a_topic():
     assert series.check_headers(patches, series.UPSTREAM_ONLY_FIELDS) == []
     for patch in patches:
         assert patch.fields['Topic'] in TOPICS, patch.name
-        assert patch.files() and all(f.startswith('docs/') for f in patch.files()), patch.name
+        # Upstream's docs and its tests of the changed behaviour, which the release artifacts do not carry.
+        assert patch.files() and all(f.startswith(('docs/', 'tests/')) for f in patch.files()), patch.name
+        assert not any(f.startswith(series.FORK_ONLY_TESTS) for f in patch.files()), patch.name
     # Named as `python -m forktool export-upstream-only` writes them, and the series lists every file.
     assert [p.name for p in patches] == [f'{i:04d}-{series._slug(p.subject)}.patch' for i, p in enumerate(patches, 1)]
     assert sorted(p.name for p in series.UPSTREAM_ONLY_DIR.glob('*.patch')) == sorted(p.name for p in patches)
