@@ -399,7 +399,7 @@ def acquire_signal_handlers(enable_signal_handling: Optional[bool] = None) -> Si
     Returns:
         SignalHandlerLease: Call :meth:`SignalHandlerLease.release` when the engine closes.
     """
-    global _holders
+    global _holders, _close_timeout
     enabled = resolve_signal_handling(enable_signal_handling)
     if enabled is False:
         return SignalHandlerLease(holds_handlers=False, reason=DISABLED_REASON)
@@ -429,7 +429,7 @@ def acquire_signal_handlers(enable_signal_handling: Optional[bool] = None) -> Si
         if _holders == 0:  # the first holder, also a forked child that takes over
             _forget_signals()  # a new engine: the process went on after any stop (a caught SystemExit)
             _attach_watchdog_locked()  # detached again when the handlers are restored
-        _set_close_timeout(close_timeout)
+        _close_timeout = close_timeout
         _holders += 1
         return SignalHandlerLease(holds_handlers=True)
 
@@ -445,11 +445,6 @@ def _take_ownership_locked() -> None:
     if _owner_pid != os.getpid():
         _owner_pid = os.getpid()
         _holders = 0  # the parent's leases are not the child's
-
-
-def _set_close_timeout(value: float) -> None:
-    global _close_timeout
-    _close_timeout = value
 
 
 def _install_locked() -> Optional[str]:
