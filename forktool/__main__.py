@@ -18,7 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser('wheel', help='build the fork wheel')
     p.add_argument('--dest', type=Path, default=upstream.ROOT / 'dist')
     p = sub.add_parser('fetch', help='download and verify the pinned upstream wheel and sdist into the cache')
-    p = sub.add_parser('tree', help='create the developer tree: upstream, one commit per patch, overlay + tests')
+    p = sub.add_parser(
+        'tree',
+        help='create the developer tree: upstream, then each topic: its modules, its patches, its tests',
+    )
     p.add_argument('--dest', type=Path, default=upstream.ROOT / 'build' / 'tree')
     p = sub.add_parser('export', help='regenerate patches/ from the developer tree')
     p.add_argument('--tree', type=Path, default=upstream.ROOT / 'build' / 'tree')
@@ -27,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--upstream', type=Path, help='also apply every topic to this git checkout of upstream')
     p = sub.add_parser(
         'pr',
-        help='create one branch per topic (series, overlay, tests, PR-only docs) in an upstream '
+        help='create one branch per topic (modules, patches, tests, PR-only docs) in an upstream '
         'checkout, and its description in build/pr/<topic>.md',
     )
     p.add_argument('--upstream', type=Path, required=True)
@@ -40,13 +43,6 @@ def main(argv: list[str] | None = None) -> int:
         help='do not run tests; the descriptions say that no evidence was collected',
     )
     p.add_argument('--out', type=Path, default=upstream.ROOT / 'build' / 'pr', help='where <topic>.md is written')
-    p = sub.add_parser(
-        'overlay-states',
-        help='write each topic\'s state of composer/ and tests/ (to edit an earlier one)',
-    )
-    p.add_argument('--dest', type=Path, default=upstream.ROOT / 'build' / 'overlay-states')
-    p = sub.add_parser('overlay-export', help='regenerate patches/overlay/ from the (edited) topic states')
-    p.add_argument('--states', type=Path, default=upstream.ROOT / 'build' / 'overlay-states')
     p = sub.add_parser('refresh', help='record the pinned version\'s hashes (after a version change) and rebase')
     p.add_argument('--tree', type=Path, default=upstream.ROOT / 'build' / 'tree')
     p = sub.add_parser('target', help='install upstream\'s or the fork\'s package alone (--no-deps) into a directory')
@@ -90,11 +86,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         for name in series.export(args.tree, args.dest):
             print(args.dest / name)
     elif args.command == 'check':
-        problems = series.check() + topics.check_topics() + topics.check_overlay()
+        problems = series.check() + topics.check_topics() + description.check_templates(series.PATCHES_DIR)
         notes: list[str] = []
-        if args.upstream is not None:
-            checkout_problems, notes = pr.check_against_checkout(args.upstream.resolve())
+        if not problems:
+            commit_problems, notes = pr.check_tree_commits()
+            problems += commit_problems
+        if args.upstream is not None and not problems:
+            checkout_problems, checkout_notes = pr.check_against_checkout(args.upstream.resolve())
             problems += checkout_problems
+            notes += checkout_notes
         for note in notes:
             print(f'check-patches: note: {note}')
         for problem in problems:
@@ -120,12 +120,6 @@ def _dispatch(args: argparse.Namespace) -> int:
             md = description.write_description(branch, args.upstream.resolve(), args.out, evidence=args.evidence)
             print(f'{args.upstream}: branch {branch.branch} created on {branch.base}; description: {md}')
         print('Review each branch with `git log -p <base>..<branch>`, then push it.')
-    elif args.command == 'overlay-states':
-        for name, state in topics.overlay_states(args.dest).items():
-            print(f'{name}: {state}')
-    elif args.command == 'overlay-export':
-        for path in topics.export_overlay_patches(args.states):
-            print(path)
     elif args.command == 'refresh':
         _refresh(args.tree)
     elif args.command == 'target':
@@ -133,7 +127,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == 'version':
         print(upstream.read_pin().fork_version)
     elif args.command == 'export-upstream-only':
-        for name in series.export(args.repo, args.dest, base=args.base, required=series.UPSTREAM_ONLY_FIELDS):
+        for name in series.export_upstream_only(args.repo, args.base, args.dest):
             print(args.dest / name)
     elif args.command == 'lint-upstream':
         problems = lint.lint_upstream(args.repo, args.base, args.python, args.venv, pyright=not args.no_pyright)

@@ -1,4 +1,4 @@
-"""Build the fork's wheel: the verified upstream wheel, the series applied, the overlay added, the version labelled.
+"""Build the fork's wheel: the verified upstream wheel, the series applied, the fork's new modules added, the version labelled.
 
 The upstream wheel is the base, so the fork's metadata is upstream's, byte for byte, except the ``Version:`` line:
 same Requires-Dist (every extra), Requires-Python, entry points and package data. Everything happens in a temporary
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from forktool import ForkError
-from forktool.series import apply_series, copy_overlay
+from forktool.series import apply_series, copy_files, own_files
 from forktool.upstream import DIST_NAME, ROOT, Pin, locate, read_pin
 
 VERSION_FILE = 'composer/_version.py'
@@ -35,7 +35,7 @@ def build_wheel(wheel_directory: Path, pin: Optional[Pin] = None) -> Path:
         with zipfile.ZipFile(upstream_wheel) as zf:
             zf.extractall(stage)
         apply_series(stage)
-        copy_overlay(stage, only='composer/')
+        copy_files([(src, rel) for src, rel in own_files() if rel.startswith('composer/')], stage)
         _label_version(stage, pin)
         out = Path(tmp) / 'out'
         out.mkdir()

@@ -1,22 +1,26 @@
-"""Upstream pull requests: one branch per topic in an upstream checkout, and the check of the series against one.
+"""Upstream pull requests: one branch per topic in an upstream checkout, and every commit of every branch checked.
 
-Topic k's branch starts from topic k-1's (the first from the checkout's ``HEAD``) and holds one commit per patch
-(subject and DEP-3 header as the message), one commit that brings ``composer/`` and ``tests/`` to the topic's state,
-and one commit per PR-only (``patches/upstream-only/``) patch of the topic. Nothing fork-only lands in a branch:
-:data:`FORK_ONLY_PATHS` is checked on every branch's diff.
+A topic's branch starts from its base (``upstream``: the checkout's ``HEAD``; otherwise the base topic's branch) and
+holds what :meth:`.Topic.commit_into` commits (its modules, one commit per patch with ``git am``, its tests), then one
+commit per PR-only patch of the topic (``git am`` too). Nothing fork-only lands in a branch: :data:`FORK_ONLY_PATHS`
+is checked on every branch's diff. :func:`check_every_commit` checks out each commit of each branch and checks that
+it builds (compiles, imports) and that its tests import (pytest collects them).
 """
 
 from __future__ import annotations
 
-import shutil
+import concurrent.futures
+import subprocess
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from forktool import ForkError
-from forktool.series import _GIT_ENV, _commit_message, _git, apply_patch
-from forktool.topics import Topic, overlay_states, read_topics, state_files
+from forktool.series import _GIT_ENV, TOPIC_BRANCH_PREFIX, UPSTREAM_TAG, _git, am, make_tree
+from forktool.topics import UPSTREAM_BASE, Topic, read_topics
 from forktool.upstream import ROOT
 
 #: Paths of this repository that serve the fork only; none of them may appear in a pull-request branch's diff.
@@ -35,24 +39,20 @@ FORK_ONLY_PATHS = (
     'upstream.cfg',
 )
 DEFAULT_PREFIX = 'signals'
+#: What every commit must import: Composer, the modules that the series patches, and the topics' new modules.
+IMPORTED_MODULES = ('composer', 'composer.core.engine', 'composer.trainer.trainer', 'composer.cli.launcher')
 
 
 @dataclass(frozen=True)
 class TopicBranch:
-    """A topic's branch in the upstream checkout, and the commit it starts from (the previous topic's branch)."""
+    """A topic's branch in the upstream checkout, and the commit it starts from."""
 
     topic: Topic
     branch: str
     base: str  # the branch or commit it starts from, as given to git
     base_commit: str
     created: bool
-    upstream_commit: str  # the upstream commit the first topic's branch starts from
-
-
-def overlay_commit_subject(topic: Topic, first: bool) -> str:
-    if first:
-        return 'Add composer.utils.signal_handling and its regression tests'
-    return f'{topic.name}: update composer.utils.signal_handling and its regression tests'
+    upstream_commit: str  # the upstream commit the series starts from
 
 
 def fork_only(paths: list[str]) -> list[str]:
@@ -75,135 +75,173 @@ def _branch_exists(upstream: Path, branch: str) -> bool:
     return _git(['rev-parse', '--verify', '--quiet', f'refs/heads/{branch}'], cwd=upstream, check=False).returncode == 0
 
 
-def _sync_state(upstream: Path, state: Path, previous: Optional[Path]) -> list[str]:
-    """Make the fork's files in ``upstream`` those of ``state``: copy its files, delete the previous state's others."""
-    files = state_files(state)
-    wanted = {rel for _, rel in files}
-    changed = []
-    if previous is not None:
-        for _, rel in state_files(previous):
-            if rel not in wanted:
-                (upstream / rel).unlink()
-                changed.append(rel)
-    for src, rel in files:
-        target = upstream / rel
-        if previous is None and target.exists():
-            raise ForkError(f'{rel} exists upstream: change upstream files through patches/, not the overlay.')
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.is_file() or target.read_bytes() != src.read_bytes():
-            shutil.copyfile(src, target)
-            changed.append(rel)
-    return changed
-
-
 def make_topic_branches(
     upstream: Path,
     topic: Optional[str] = None,
     prefix: str = DEFAULT_PREFIX,
     root: Path = ROOT,
 ) -> list[TopicBranch]:
-    """Create ``<prefix>/<topic>`` for ``topic`` (and the earlier topics it stacks on) or for every topic.
+    """Create ``<prefix>/<topic>`` for ``topic`` (and the topics it stacks on) or for every topic.
 
-    An earlier topic's branch that already exists is reused as the base; the requested ones must not exist yet.
-    The checkout is left on the last branch created.
+    A base topic's branch that already exists is reused; the requested ones must not exist yet. The checkout is left
+    on the last branch created.
     """
     _require_clean(upstream)
-    topics = read_topics(root / 'patches')
-    names = [t.name for t in topics]
-    if topic is not None and topic not in names:
-        raise ForkError(f'no topic {topic!r}; the topics are: {", ".join(names)} (patches/topics).')
-    wanted = names if topic is None else [topic]
-    upto = names.index(wanted[-1]) + 1
+    topics = read_topics(root / 'patches', root)
+    by_name = {t.name: t for t in topics}
+    if topic is not None and topic not in by_name:
+        raise ForkError(f'no topic {topic!r}; the topics are: {", ".join(by_name)} (patches/topics).')
+    wanted = list(by_name) if topic is None else [topic]
     for name in wanted:
         if _branch_exists(upstream, f'{prefix}/{name}'):
             raise ForkError(
                 f'{upstream} already has a branch {prefix}/{name}; delete it or pass BRANCH=<another prefix>.',
             )
+    needed: list[str] = []  # the wanted topics and, first, the topics they stack on
+    for name in wanted:
+        chain = [name]
+        while by_name[chain[-1]].base != UPSTREAM_BASE:
+            chain.append(by_name[chain[-1]].base)
+        needed += [n for n in reversed(chain) if n not in needed]
     # Identity comes from the checkout's own git config when it has one.
     identity = {k: v for k, v in _GIT_ENV.items() if 'DATE' not in k}
     if _git(['config', 'user.email'], cwd=upstream, check=False).stdout.strip():
         identity = {}
+    upstream_commit = _git(['rev-parse', 'HEAD'], cwd=upstream).stdout.strip()
     made: list[TopicBranch] = []
-    base = _git(['rev-parse', 'HEAD'], cwd=upstream).stdout.strip()
-    first = f'{prefix}/{topics[0].name}'
-    upstream_commit = base
-    if topics[0].name not in wanted and _branch_exists(upstream, first):
-        own = len(topics[0].patches) + 1 + len(topics[0].upstream_only)  # its patches, overlay, PR-only commits
-        upstream_commit = _git(['rev-parse', f'{first}~{own}'], cwd=upstream).stdout.strip()
-    with tempfile.TemporaryDirectory() as tmp:
-        states = overlay_states(Path(tmp) / 'states', topics, root)
-        previous_state: Optional[Path] = None
-        for t in topics[:upto]:
-            branch = f'{prefix}/{t.name}'
-            base_commit = _git(['rev-parse', base], cwd=upstream).stdout.strip()
-            if t.name not in wanted and _branch_exists(upstream, branch):
-                made.append(TopicBranch(t, branch, base, base_commit, False, upstream_commit))
-            else:
-                _git(['checkout', '-q', '-b', branch, base], cwd=upstream, env=identity)
-                _build_topic(upstream, t, states[t.name], previous_state, identity)
-                made.append(TopicBranch(t, branch, base, base_commit, True, upstream_commit))
-                leaked = fork_only(_git(['diff', '--name-only', base_commit, branch], cwd=upstream).stdout.split())
-                if leaked:
-                    raise ForkError(f'{branch} would carry fork-only files: {", ".join(leaked)}')
-            previous_state = states[t.name]
-            base = branch
+    for name in needed:
+        t = by_name[name]
+        branch = f'{prefix}/{name}'
+        base = upstream_commit if t.base == UPSTREAM_BASE else f'{prefix}/{t.base}'
+        base_commit = _git(['rev-parse', base], cwd=upstream).stdout.strip()
+        if name not in wanted and _branch_exists(upstream, branch):
+            made.append(TopicBranch(t, branch, base, base_commit, False, upstream_commit))
+            continue
+        _git(['checkout', '-q', '-b', branch, base], cwd=upstream, env=identity)
+        t.commit_into(upstream, root, env=identity)
+        am(t.upstream_only, upstream, env=identity)
+        leaked = fork_only(_git(['diff', '--name-only', base_commit, branch], cwd=upstream).stdout.split())
+        if leaked:
+            raise ForkError(f'{branch} would carry fork-only files: {", ".join(leaked)}')
+        made.append(TopicBranch(t, branch, base, base_commit, True, upstream_commit))
     return made
 
 
-def _build_topic(upstream: Path, topic: Topic, state: Path, previous: Optional[Path], identity: dict) -> None:
-
-    def commit(message: str) -> None:
-        _git(['commit', '-q', '--cleanup=verbatim', '-F', '-'], cwd=upstream, env=identity, stdin=message)
-
-    for patch in topic.patches:
-        apply_patch(patch, upstream, index=True)
-        commit(_commit_message(patch))
-    changed = _sync_state(upstream, state, previous)
-    if changed:
-        _git(['add', '-A', '--', *changed], cwd=upstream)
-        commit(overlay_commit_subject(topic, first=previous is None) + '\n')
-    for patch in topic.upstream_only:
-        apply_patch(patch, upstream, index=True)
-        commit(_commit_message(patch))
-
-
 def check_against_checkout(upstream: Path, root: Path = ROOT) -> tuple[list[str], list[str]]:
-    """Apply every topic (series patches, overlay state, PR-only patches) to a copy of an upstream checkout.
+    """Make every topic's branch in a clone of an upstream checkout and check every commit of them.
 
     Returns:
-        tuple[list[str], list[str]]: The problems (a patch that does not apply with exact context, an overlay file
-        that exists upstream), and notes (hunks that applied at an offset: the checkout moved those lines).
+        tuple[list[str], list[str]]: The problems, and notes (what was checked).
     """
-    problems: list[str] = []
-    notes: list[str] = []
     if not (upstream / '.git').exists():
-        return [f'{upstream} is not a git checkout of upstream Composer.'], notes
-    topics = read_topics(root / 'patches')
+        return [f'{upstream} is not a git checkout of upstream Composer.'], []
     with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / 'checkout'
-        copy.mkdir()
-        # The committed tree at HEAD, not the work tree: what a branch made by `make pr` would start from.
-        archive = Path(tmp) / 'head.tar'
-        _git(['archive', '--format=tar', '-o', str(archive), 'HEAD'], cwd=upstream)
-        shutil.unpack_archive(str(archive), str(copy))
-        _git(['init', '-q'], cwd=copy)
-        states = overlay_states(Path(tmp) / 'states', topics, root)
-        previous: Optional[Path] = None
-        for topic in topics:
-            for patch in (*topic.patches, *topic.upstream_only):
-                result = _git(['apply', '--verbose', '--whitespace=nowarn', '-'],
-                              cwd=copy,
-                              check=False,
-                              stdin=patch.diff)
-                if result.returncode != 0:
-                    problems.append(f'{topic.name}: {patch.name} does not apply:\n{result.stderr.strip()}')
-                    continue
-                for line in result.stderr.splitlines():
-                    if 'offset' in line:
-                        notes.append(f'{topic.name}: {patch.name}: {line.strip()}')
-            try:
-                _sync_state(copy, states[topic.name], previous)
-            except ForkError as e:
-                problems.append(f'{topic.name}: {e}')
-            previous = states[topic.name]
-    return problems, notes
+        clone = Path(tmp) / 'checkout'
+        _git(['clone', '-q', '--no-hardlinks', str(upstream), str(clone)], cwd=Path(tmp))
+        try:
+            branches = make_topic_branches(clone, prefix='check', root=root)
+        except ForkError as e:
+            return [str(e)], []
+        ranges = {b.topic.name: (b.base_commit, b.branch) for b in branches}
+        return check_every_commit(clone, ranges, [b.topic for b in branches], root)
+
+
+def check_tree_commits(root: Path = ROOT) -> tuple[list[str], list[str]]:
+    """Every commit of every topic branch, as made from the release (``make tree``), builds and its tests import.
+
+    The tree is linear; a topic whose base is not the topic before it (``atomic-checkpoints`` starts from upstream)
+    is cherry-picked onto its base first, as its pull request would be.
+    """
+    topics = read_topics(root / 'patches', root)
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / 'tree'
+        make_tree(tree, root=root)
+        ranges: dict[str, tuple[str, str]] = {}
+        previous = UPSTREAM_TAG
+        for t in topics:
+            end = TOPIC_BRANCH_PREFIX + t.name
+            base = UPSTREAM_TAG if t.base == UPSTREAM_BASE else TOPIC_BRANCH_PREFIX + t.base
+            if base != previous:
+                revs = _git(['rev-list', '--reverse', f'{previous}..{end}'], cwd=tree).stdout.split()
+                branch = f'check/{t.name}'
+                _git(['checkout', '-q', '-b', branch, base], cwd=tree)
+                _git(['cherry-pick', '--allow-empty', *revs], cwd=tree, env=_GIT_ENV)
+                ranges[t.name] = (base, branch)
+            else:
+                ranges[t.name] = (previous, end)
+            previous = end
+        return check_every_commit(tree, ranges, topics, root)
+
+
+def check_every_commit(repo: Path, ranges: dict[str, tuple[str, str]], topics: list[Topic],
+                       root: Path) -> tuple[list[str], list[str]]:
+    """Check each commit of each topic's ``(base, branch)`` range, in a worktree of its own, two at a time."""
+    modules = [m[:-3].replace('/', '.') for t in topics for m in t.modules if m.endswith('.py')]
+    tests = [p for t in topics for p in t.tests if Path(p).name.startswith('test_')]
+    jobs: list[tuple[str, str]] = []
+    notes: list[str] = []
+    for t in topics:
+        base, branch = ranges[t.name]
+        revs = _git(['rev-list', '--reverse', f'{base}..{branch}'], cwd=repo).stdout.split()
+        jobs += [(t.name, rev) for rev in revs]
+        notes.append(f'{t.name}: {len(revs)} commits from {base}, each compiles, imports and collects its tests')
+
+    git_lock = threading.Lock()
+
+    def check(job: tuple[str, str], worktrees: Path) -> Optional[str]:
+        name, rev = job
+        checkout = worktrees / rev
+        with git_lock:  # git worktree add/remove update the repository's administrative files
+            _git(['worktree', 'add', '-q', '--detach', str(checkout), rev], cwd=repo)
+        try:
+            subject = _git(['log', '-1', '--format=%s', rev], cwd=repo).stdout.strip()
+            changed = _git(['diff-tree', '--no-commit-id', '--name-only', '-r', rev], cwd=repo).stdout.split()
+            present_modules = [m for m in modules if (checkout / (m.replace('.', '/') + '.py')).is_file()]
+            present_tests = [p for p in tests if (checkout / p).is_file()]
+            problem = _check_checkout(
+                checkout,
+                [p for p in changed if p.endswith('.py')],
+                present_modules,
+                present_tests,
+            )
+            return f'{name}: commit {rev[:12]} ({subject}) {problem}' if problem else None
+        finally:
+            with git_lock:
+                _git(['worktree', 'remove', '--force', str(checkout)], cwd=repo, check=False)
+
+    with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda job: check(job, Path(tmp)), jobs))
+    return [r for r in results if r], notes
+
+
+def _check_checkout(repo: Path, changed: list[str], modules: list[str], tests: list[str]) -> Optional[str]:
+    """``None`` when the commit checked out in ``repo`` compiles, imports and collects ``tests``; else what failed."""
+    present = [p for p in changed if (repo / p).is_file()]
+    if present:
+        compiled = subprocess.run([sys.executable, '-m', 'py_compile', *present],
+                                  cwd=repo,
+                                  capture_output=True,
+                                  text=True,
+                                  stdin=subprocess.DEVNULL)
+        if compiled.returncode != 0:
+            return f'does not compile:\n{compiled.stdout}{compiled.stderr}'
+    script = (
+        'import importlib, sys\n'
+        'for name in sys.argv[1].split():\n'
+        '    importlib.import_module(name)\n'
+        'if len(sys.argv) > 2:\n'
+        '    import pytest\n'
+        "    sys.exit(pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', '-c', '/dev/null', "
+        "'--rootdir', '.', *sys.argv[2:]]))\n"
+    )
+    env = {'PYTHONPATH': str(repo), 'PATH': '/usr/bin:/bin', 'HOME': str(Path.home())}
+    result = subprocess.run([sys.executable, '-c', script, ' '.join([*IMPORTED_MODULES, *modules]), *tests],
+                            cwd=repo,
+                            capture_output=True,
+                            text=True,
+                            env=env,
+                            timeout=600)
+    if result.returncode != 0:
+        tail = '\n'.join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        return f'does not import, or its tests do not (exit {result.returncode}):\n{tail}'
+    return None

@@ -1,121 +1,155 @@
-"""The series in topics: one upstream pull request per topic, each branch stacked on the previous topic's.
+"""The series in topics: one upstream pull request per topic, each made of its patches and its own new files.
 
-``patches/topics`` groups the patches of ``patches/series`` into named topics (``[name]`` followed by patch names).
-The fork's own files (``composer/`` and the upstream-bound ``tests/``) hold the state after the last topic;
-``patches/overlay/<topic>.patch`` is the change one topic makes to them after the previous one. Reverse-applying the
-later topics' overlay patches to the final state gives an earlier topic's state (:func:`overlay_states`).
+``patches/topics`` (read with :mod:`configparser`) has one section per topic, in series order::
 
-PR-only changes (upstream's docs) live in ``patches/upstream-only/``: a ``series`` file and DEP-3 patches against
-upstream's git layout, each with a ``Topic:`` field; they are applied to pull-request branches only, never to the
-wheel.
+    [preemption]
+    base = lifecycle                            # `upstream`, or an earlier topic its branch stacks on
+    modules = composer/utils/preemption.py      # new files under composer/ that the topic adds
+    tests = tests/signal_handling/test_preemption.py
+
+``patches/series`` says which patches belong to which topic (``# topic: <name>`` lines). A topic's branch is: one
+commit adding its modules, one commit per patch, one commit adding its tests, and one commit per PR-only patch of the
+topic (``patches/upstream-only/``, with a ``Topic:`` field; upstream's docs and tests, which are not in the release).
+The fork's own files are final in their topic: no later topic changes them.
 """
 
 from __future__ import annotations
 
-import re
-import shutil
-import tempfile
+import ast
+import configparser
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from forktool import ForkError
-from forktool.series import _GIT_ENV, DIFF_ARGS, PATCHES_DIR, Patch, _git, check_headers, overlay_files, read_series
+from forktool.series import (
+    PATCHES_DIR,
+    Patch,
+    _git,
+    am,
+    check_headers,
+    commit_files,
+    own_files,
+    read_series,
+    read_series_with_topics,
+)
 from forktool.upstream import ROOT
 
 TOPICS_FILE = 'topics'
-OVERLAY_DIR = 'overlay'
 UPSTREAM_ONLY_DIR = 'upstream-only'
-_NAME = re.compile(r'[a-z0-9]+(?:-[a-z0-9]+)*')
+UPSTREAM_BASE = 'upstream'
 
 
 @dataclass(frozen=True)
 class Topic:
-    """One topic: its name, its patches (in series order) and its upstream-only (PR-only) patches."""
+    """One topic: its name, what its branch starts from, its patches and its own files."""
 
     name: str
+    base: str  # `upstream` or an earlier topic's name
     patches: tuple[Patch, ...]
+    modules: tuple[str, ...]
+    tests: tuple[str, ...]
     upstream_only: tuple[Patch, ...] = ()
 
-    def overlay_patch(self, patches_dir: Path = PATCHES_DIR) -> Path:
-        """Where this topic's change to the fork's own files is stored (absent for the first topic)."""
-        return patches_dir / OVERLAY_DIR / f'{self.name}.patch'
+    @property
+    def own_files(self) -> tuple[str, ...]:
+        """The new files the topic adds (repository-relative): its modules, then its tests."""
+        return self.modules + self.tests
 
-    def files(self) -> list[str]:
+    def upstream_files(self) -> list[str]:
         """The upstream files that this topic's patches change."""
         return list(dict.fromkeys(f for p in self.patches for f in p.files()))
 
+    def modules_message(self, root: Path = ROOT) -> str:
+        names = [m[:-len('.py')].replace('/', '.') if m.endswith('.py') else m for m in self.modules]
+        body = [f'{name}: {_first_docstring_line(root / path)}' for name, path in zip(names, self.modules)]
+        return f'Add {", ".join(names)}\n\n' + '\n'.join(body) + '\nThe commits that follow use it.\n'
 
-def read_topic_names(patches_dir: Path = PATCHES_DIR) -> list[tuple[str, list[str]]]:
-    """``patches/topics`` as a list of (topic name, patch names), in file order."""
+    def tests_message(self) -> str:
+        return f'Add the {self.name} tests\n\n' + '\n'.join(self.tests) + '\n'
+
+    def commit_into(self, repo: Path, root: Path = ROOT, env: Optional[dict[str, str]] = None) -> None:
+        """Add this topic to ``repo`` as its branch has it: modules, patches (``git am``), tests."""
+        commit_files(repo, [(root / p, p) for p in self.modules], self.modules_message(root), env)
+        am(self.patches, repo, env)
+        commit_files(repo, [(root / p, p) for p in self.tests], self.tests_message(), env)
+
+
+def _first_docstring_line(path: Path) -> str:
+    docstring = ast.get_docstring(ast.parse(path.read_text(encoding='utf-8'))) or ''
+    return docstring.splitlines()[0] if docstring else '(no docstring)'
+
+
+def _read_config(patches_dir: Path) -> configparser.ConfigParser:
     path = patches_dir / TOPICS_FILE
     if not path.is_file():
-        raise ForkError(f'{path} is missing: it groups patches/series into topics ([name], then patch names).')
-    topics: list[tuple[str, list[str]]] = []
-    for number, raw in enumerate(path.read_text(encoding='utf-8').splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith('#'):
-            continue
-        if line.startswith('[') and line.endswith(']'):
-            name = line[1:-1].strip()
-            if not _NAME.fullmatch(name):
-                raise ForkError(f'{path}:{number}: topic name {name!r} must be lower-case words joined by `-`.')
-            topics.append((name, []))
-        elif not topics:
-            raise ForkError(f'{path}:{number}: {line} comes before the first [topic] line.')
-        else:
-            topics[-1][1].append(line)
-    return topics
+        raise ForkError(f'{path} is missing: it names each topic\'s base and own files ([name], base, modules, tests).')
+    config = configparser.ConfigParser(inline_comment_prefixes=('#',), interpolation=None)
+    config.read(path, encoding='utf-8')
+    return config
+
+
+def read_topic_files(patches_dir: Path = PATCHES_DIR) -> dict[str, list[str]]:
+    """Every topic's own files, by topic name, in file order."""
+    config = _read_config(patches_dir)
+    return {
+        name: config[name].get('modules', '').split() + config[name].get('tests', '').split()
+        for name in config.sections()
+    }
 
 
 def read_upstream_only(patches_dir: Path = PATCHES_DIR) -> list[Patch]:
     """The PR-only patches (``patches/upstream-only/series``), or none when the directory does not exist."""
     directory = patches_dir / UPSTREAM_ONLY_DIR
-    if not directory.is_dir():
-        return []
-    return read_series(directory)
+    return read_series(directory) if directory.is_dir() else []
 
 
-def read_topics(patches_dir: Path = PATCHES_DIR) -> list[Topic]:
-    """The topics, with their patches; raise a :class:`ForkError` when ``check_topics`` would find a problem."""
-    problems = check_topics(patches_dir)
+def read_topics(patches_dir: Path = PATCHES_DIR, root: Path = ROOT) -> list[Topic]:
+    """The topics, with their patches; raise a :class:`ForkError` when :func:`check_topics` would find a problem."""
+    problems = check_topics(patches_dir, root)
     if problems:
         raise ForkError('; '.join(problems))
-    by_name = {p.name: p for p in read_series(patches_dir)}
+    return _topics(patches_dir)
+
+
+def _topics(patches_dir: Path) -> list[Topic]:
+    config = _read_config(patches_dir)
+    series = read_series_with_topics(patches_dir)
     extra = read_upstream_only(patches_dir)
     return [
         Topic(
             name=name,
-            patches=tuple(by_name[n] for n in names),
+            base=config[name].get('base', UPSTREAM_BASE).strip(),
+            patches=tuple(p for t, p in series if t == name),
+            modules=tuple(config[name].get('modules', '').split()),
+            tests=tuple(config[name].get('tests', '').split()),
             upstream_only=tuple(p for p in extra if p.fields.get('Topic') == name),
-        ) for name, names in read_topic_names(patches_dir)
+        ) for name in config.sections()
     ]
 
 
-def check_topics(patches_dir: Path = PATCHES_DIR) -> list[str]:
-    """Every patch of the series in exactly one topic, topics in series order; overlay and PR-only patches named."""
+def check_topics(patches_dir: Path = PATCHES_DIR, root: Path = ROOT) -> list[str]:
+    """Topics in series order with valid bases; every file of ours in exactly one topic; PR-only patches named."""
     problems = []
-    topics = read_topic_names(patches_dir)
-    series_names = [p.name for p in read_series(patches_dir)]
-    names = [name for name, _ in topics]
-    if len(set(names)) != len(names):
-        problems.append(f'{TOPICS_FILE}: a topic name appears twice ({", ".join(names)})')
-    listed = [patch for _, patches in topics for patch in patches]
-    for patch in sorted(set(series_names) - set(listed)):
-        problems.append(f'{TOPICS_FILE}: {patch} belongs to no topic')
-    for patch in sorted(set(listed) - set(series_names)):
-        problems.append(f'{TOPICS_FILE}: {patch} is not in patches/series')
-    for patch in sorted({p for p in listed if listed.count(p) > 1}):
-        problems.append(f'{TOPICS_FILE}: {patch} belongs to more than one topic')
-    if not problems and listed != series_names:
-        problems.append(f'{TOPICS_FILE}: the topics list the patches in another order than patches/series')
-    overlay_dir = patches_dir / OVERLAY_DIR
-    if topics and (overlay_dir / f'{names[0]}.patch').exists():
-        problems.append(f'{OVERLAY_DIR}/{names[0]}.patch: the first topic has no overlay patch (it is the base state)')
-    if overlay_dir.is_dir():
-        for path in sorted(overlay_dir.glob('*.patch')):
-            if path.stem not in names:
-                problems.append(f'{OVERLAY_DIR}/{path.name}: no topic of that name')
+    config = _read_config(patches_dir)
+    names = config.sections()
+    series_topics = list(dict.fromkeys(t for t, _ in read_series_with_topics(patches_dir)))
+    if None in series_topics:
+        problems.append(f'series: patches before the first `# topic:` line')
+    if [t for t in series_topics if t is not None] != [n for n in names if n in series_topics]:
+        problems.append(f'series: its topics ({series_topics}) are not those of {TOPICS_FILE}, in its order ({names})')
+    for index, name in enumerate(names):
+        base = config[name].get('base', UPSTREAM_BASE).strip()
+        if base != UPSTREAM_BASE and base not in names[:index]:
+            problems.append(f'{TOPICS_FILE}: [{name}] base = {base}: must be `upstream` or an earlier topic')
+    listed = [f for files in read_topic_files(patches_dir).values() for f in files]
+    ours = {rel for _, rel in own_files(root)}
+    for path in sorted({f for f in listed if listed.count(f) > 1}):
+        problems.append(f'{TOPICS_FILE}: {path} belongs to more than one topic')
+    for path in sorted(set(listed) - ours):
+        problems.append(f'{TOPICS_FILE}: {path} does not exist (or is fork-only)')
+    for path in sorted(ours - set(listed)):
+        problems.append(f'{TOPICS_FILE}: {path} belongs to no topic: add it to the topic that introduces it')
     extra = read_upstream_only(patches_dir)
     problems += [f'{UPSTREAM_ONLY_DIR}/{p}' for p in check_headers(extra)]
     for patch in extra:
@@ -124,112 +158,19 @@ def check_topics(patches_dir: Path = PATCHES_DIR) -> list[str]:
                 f'{UPSTREAM_ONLY_DIR}/{patch.name}: its Topic field must name a topic of {TOPICS_FILE} '
                 f'({", ".join(names)}), not {patch.fields.get("Topic")!r}',
             )
-    # PR-only patches apply topic by topic: their series order must follow the topics' order.
     order = [names.index(p.fields['Topic']) for p in extra if p.fields.get('Topic') in names]
     if order != sorted(order):
         problems.append(f'{UPSTREAM_ONLY_DIR}/series: patches must be grouped in the order of the topics')
     return problems
 
 
-def _copy_files(files: list[tuple[Path, str]], dest: Path) -> None:
-    for src, rel in files:
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest / rel)
-
-
-def state_files(state: Path) -> list[tuple[Path, str]]:
-    """The files of one materialized overlay state, as (source, path in upstream's layout)."""
-    return [(p, p.relative_to(state).as_posix()) for p in sorted(state.rglob('*')) if p.is_file()]
-
-
-def overlay_states(dest: Path, topics: Optional[list[Topic]] = None, root: Path = ROOT) -> dict[str, Path]:
-    """Write every topic's state of the fork's own files into ``dest/<topic>``; return them by topic name.
-
-    The last topic's state is the repository's ``composer/`` and upstream-bound ``tests/``; each earlier state is
-    the next one with the next topic's overlay patch reverse-applied (``git apply -R``, exact context).
-    """
-    patches_dir = root / 'patches'
-    topics = topics if topics is not None else read_topics(patches_dir)
-    if dest.exists():
-        shutil.rmtree(dest)
-    states: dict[str, Path] = {}
-    later: Optional[Topic] = None
-    for topic in reversed(topics):
-        state = dest / topic.name
-        state.mkdir(parents=True)
-        if later is None:
-            _copy_files(overlay_files(root), state)
-        else:
-            _copy_files(state_files(states[later.name]), state)
-            overlay = later.overlay_patch(patches_dir)
-            if overlay.is_file():
-                result = _git(['apply', '-R', '--whitespace=nowarn', str(overlay)], cwd=state, check=False)
-                if result.returncode != 0:
-                    raise ForkError(
-                        f'patches/{OVERLAY_DIR}/{overlay.name} does not reverse-apply to the final state of '
-                        f'composer/ and tests/:\n{result.stderr.strip()}\nRegenerate it: `python -m forktool '
-                        'overlay-states`, edit, then `python -m forktool overlay-export`.',
-                    )
-        states[topic.name] = state
-        later = topic
-    return dict(reversed(list(states.items())))
-
-
-def overlay_diff(before: Path, after: Path) -> str:
-    """The diff from one state directory to the next, in upstream's layout (``a/composer/...``)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        repo = Path(tmp) / 'states'
-        repo.mkdir()
-        _git(['init', '-q'], cwd=repo)
-        _copy_files(state_files(before), repo)
-        _git(['add', '-A'], cwd=repo)
-        _git(['commit', '-q', '--allow-empty', '-m', 'before'], cwd=repo, env=_GIT_ENV)
-        for path in list(repo.iterdir()):
-            if path.name != '.git':
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-        _copy_files(state_files(after), repo)
-        _git(['add', '-A'], cwd=repo)
-        diff = _git([*DIFF_ARGS, '--cached', 'HEAD'], cwd=repo).stdout
-    return ''.join(line for line in diff.splitlines(keepends=True) if not line.startswith('index '))
-
-
-def export_overlay_patches(states: Path, topics: Optional[list[Topic]] = None, root: Path = ROOT) -> list[Path]:
-    """Regenerate ``patches/overlay/`` from edited states in ``states/<topic>`` (the last must be the final state)."""
-    patches_dir = root / 'patches'
-    topics = topics if topics is not None else read_topics(patches_dir)
-    final = {rel: src.read_bytes() for src, rel in overlay_files(root)}
-    last = {rel: src.read_bytes() for src, rel in state_files(states / topics[-1].name)}
-    if final != last:
-        raise ForkError(f'{states / topics[-1].name} differs from composer/ and tests/: copy the final state there.')
-    written = []
-    (patches_dir / OVERLAY_DIR).mkdir(exist_ok=True)
-    for before, after in zip(topics, topics[1:]):
-        path = after.overlay_patch(patches_dir)
-        diff = overlay_diff(states / before.name, states / after.name)
-        if diff:
-            path.write_text(diff, encoding='utf-8')
-            written.append(path)
-        elif path.exists():
-            path.unlink()
-    return written
-
-
-def check_overlay(root: Path = ROOT) -> list[str]:
-    """The overlay patches reverse-apply exactly: regenerating them from the states they give reproduces them."""
-    patches_dir = root / 'patches'
-    try:
-        topics = read_topics(patches_dir)
-        with tempfile.TemporaryDirectory() as tmp:
-            states = overlay_states(Path(tmp) / 'states', topics, root)
-            problems = []
-            for before, after in zip(topics, topics[1:]):
-                path = after.overlay_patch(patches_dir)
-                stored = path.read_text(encoding='utf-8') if path.is_file() else ''
-                if overlay_diff(states[before.name], states[after.name]) != stored:
-                    problems.append(
-                        f'{OVERLAY_DIR}/{path.name}: does not reproduce exactly (stale context or line numbers); '
-                        'run `python -m forktool overlay-states`, then `python -m forktool overlay-export`.',
-                    )
-            return problems
-    except ForkError as e:
-        return [str(e)]
+def topic_commits(tree: Path, topics: list[Topic], branch_prefix: str) -> dict[str, list[str]]:
+    """Each topic's commits in a tree or checkout whose branches ``<prefix><topic>`` hold the topics, oldest first."""
+    commits: dict[str, list[str]] = {}
+    previous = None
+    for topic in topics:
+        start = 'upstream' if previous is None else branch_prefix + previous
+        revs = _git(['rev-list', '--reverse', f'{start}..{branch_prefix}{topic.name}'], cwd=tree).stdout.split()
+        commits[topic.name] = revs
+        previous = topic.name
+    return commits

@@ -4,6 +4,7 @@ import email.parser
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -43,11 +44,11 @@ def test_metadata_equals_upstream_except_version(upstream_wheel, fork_wheel, pin
         assert _dist_info(ours, 'WHEEL') == _dist_info(up, 'WHEEL')
         assert fork_wheel.name == f'mosaicml-{pin.fork_version}-py3-none-any.whl'
 
-        # Same files (package data included), plus the overlay; only patched files and the version differ.
+        # Same files (package data included), plus the fork's new modules; only patched files and the version differ.
         up_files = {n for n in up.namelist() if '.dist-info/' not in n}
         our_files = {n for n in ours.namelist() if '.dist-info/' not in n}
-        overlay = {rel for _, rel in series.overlay_files() if rel.startswith('composer/')}
-        assert overlay and our_files == up_files | overlay
+        new_modules = {rel for _, rel in series.own_files() if rel.startswith('composer/')}
+        assert new_modules and our_files == up_files | new_modules
         patched = {f for p in series.read_series() for f in p.files()} | {'composer/_version.py'}
         changed = {n for n in up_files if up.read(n) != ours.read(n)}
         assert changed == patched
@@ -104,22 +105,33 @@ def test_patch_that_does_not_apply_fails_the_build_with_its_name(repo_copy, tmp_
 def test_export_after_tree_reproduces_patches_byte_for_byte(tmp_path):
     tree = tmp_path / 'tree'
     series.make_tree(tree)
-    log = subprocess.run(['git', 'log', '--format=%s', 'upstream..HEAD'], cwd=tree, capture_output=True, text=True)
-    patches = series.read_series()
-    assert log.stdout.splitlines() == [series.OVERLAY_COMMIT_SUBJECT] + [p.subject for p in reversed(patches)]
+    log = subprocess.run(['git', 'log', '--reverse', '--format=%s', 'upstream..HEAD'],
+                         cwd=tree,
+                         capture_output=True,
+                         text=True)
+    subjects = log.stdout.splitlines()
+    assert [s for s in subjects if s in {p.subject for p in series.read_series()}
+           ] == [p.subject for p in series.read_series()]
     exported = tmp_path / 'patches'
-    series.export(tree, exported)
-    # What export writes: the series file and the patches (not patches/topics, overlay/ or upstream-only/).
-    originals = sorted(
-        p.name for p in series.PATCHES_DIR.iterdir() if p.name == series.SERIES_FILE or p.suffix == '.patch'
-    )
+    shutil.copytree(series.PATCHES_DIR, exported)
+    for path in exported.glob('*.patch'):
+        path.unlink()
+    (exported / series.SERIES_FILE).unlink()
+    root = tmp_path / 'root'
+    series.export(tree, exported, root=root)
+    # What export writes: the series file and the patches (not patches/topics, pr/ or upstream-only/) ...
+    originals = sorted(p.name for p in series.PATCHES_DIR.iterdir())
     assert sorted(p.name for p in exported.iterdir()) == originals
     for name in originals:
-        assert (exported / name).read_bytes() == (series.PATCHES_DIR / name).read_bytes(), name
+        if (series.PATCHES_DIR / name).is_file():
+            assert (exported / name).read_bytes() == (series.PATCHES_DIR / name).read_bytes(), name
+    # ... and the topics' own files, as they are in the repository.
+    for src, rel in series.own_files():
+        assert (root / rel).read_bytes() == src.read_bytes(), rel
     # Idempotent: exporting an unchanged tree again changes nothing.
-    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in exported.iterdir()}
-    series.export(tree, exported)
-    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in exported.iterdir()} == before
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in exported.iterdir() if p.is_file()}
+    series.export(tree, exported, root=root)
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in exported.iterdir() if p.is_file()} == before
 
 
 def test_check_patches_is_clean():
@@ -167,7 +179,7 @@ def test_installed_fork_imports_and_console_script_runs(pin):
     assert dist.version == pin.fork_version, 'run `make install` first: the installed mosaicml is not this fork'
     import composer
     assert composer.__version__ == pin.fork_version
-    # Installed into the environment's site-packages, not used from this repository's overlay directory.
+    # Installed into the environment's site-packages, not used from this repository's composer/ directory.
     site_packages = Path(sysconfig.get_paths()['purelib']).resolve()
     assert Path(composer.__file__).resolve().parent == site_packages / 'composer'
     assert (site_packages / 'composer' / 'utils' / 'signal_handling.py').is_file()
@@ -187,7 +199,7 @@ def test_sdist_contains_what_the_build_needs(tmp_path):
     with tarfile.open(sdist) as tar:
         names = {n.split('/', 1)[1] for n in tar.getnames() if '/' in n}
     assert {'setup.py', 'pyproject.toml', 'upstream.cfg', 'patches/series', 'PKG-INFO'} <= names
-    assert {rel for _, rel in series.overlay_files() if rel.startswith('composer/')} <= names
+    assert {rel for _, rel in series.own_files() if rel.startswith('composer/')} <= names
 
 
 def test_pip_install_from_git_url_of_a_clean_clone(tmp_path, upstream_wheel, pin):
