@@ -14,79 +14,29 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import pytest
 
-#: Prepended to every scenario: a tiny CPU trainer factory and a helper to print results for the test to parse.
-PRELUDE = textwrap.dedent(
-    """
-    import json
-    import logging
-    import os
-    import signal
-    import sys
-    import threading
+#: The scenario modules (see scenarios/scenario_support.py): each test runs one of their functions in a subprocess.
+SCENARIOS = Path(__file__).resolve().parent / 'scenarios'
 
-    def make_trainer(**kwargs):
-        import torch
-        from torch.utils.data import DataLoader, TensorDataset
 
-        from composer import Trainer
-        from composer.models import ComposerClassifier
+def results_of(stdout: str) -> dict:
+    """What a scenario printed with ``report(...)``: its ``RESULT`` lines merged."""
+    values: dict = {}
+    for line in stdout.splitlines():
+        if line.startswith('RESULT '):
+            values.update(json.loads(line[len('RESULT '):]))
+    return values
 
-        torch.manual_seed(0)
-        model = ComposerClassifier(torch.nn.Linear(4, 2), num_classes=2)
-        dataset = TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
-        kwargs.setdefault('max_duration', '1ep')
-        sampler = None
-        if int(os.environ.get('WORLD_SIZE', '1')) > 1:  # under the `composer` launcher
-            from composer.utils import dist
-            sampler = dist.get_sampler(dataset)
-        return Trainer(
-            model=model,
-            train_dataloader=DataLoader(dataset, batch_size=4, sampler=sampler),
-            optimizers=torch.optim.SGD(model.parameters(), lr=0.01),
-            device='cpu',
-            progress_bar=False,
-            **kwargs,
-        )
 
-    def handlers():
-        return signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-
-    def report(**values):
-        print('RESULT ' + json.dumps(values), flush=True)
-
-    def run_in_thread(target):
-        # Run `target` on a new thread; return the exceptions it raised, as reprs.
-        errors = []
-
-        def wrapper():
-            try:
-                target()
-            except BaseException as e:
-                errors.append(repr(e))
-
-        thread = threading.Thread(target=wrapper)
-        thread.start()
-        thread.join(120)
-        return errors
-
-    # Composer's warnings about its signal handlers, as logged in this process.
-    warnings_seen = []
-
-    class _CollectSignalWarnings(logging.Handler):
-        def emit(self, record):
-            if record.levelno >= logging.WARNING and 'SIGTERM' in record.getMessage():
-                warnings_seen.append(record.getMessage())
-
-    logging.getLogger().addHandler(_CollectSignalWarnings())
-    """,
-)
+@pytest.fixture
+def scenario_results() -> Callable[[str], dict]:
+    """``scenario_results(stdout)``: what a started scenario printed with ``report(...)``."""
+    return results_of
 
 
 class Scenario:
@@ -99,19 +49,15 @@ class Scenario:
 
     @property
     def results(self) -> dict:
-        values: dict = {}
-        for line in self.stdout.splitlines():
-            if line.startswith('RESULT '):
-                values.update(json.loads(line[len('RESULT '):]))
-        return values
+        return results_of(self.stdout)
 
     def __repr__(self) -> str:
         return f'returncode={self.returncode}\n--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}'
 
 
-def _write_script(path: Path, code: str) -> Path:
-    path.write_text(PRELUDE + textwrap.dedent(code))
-    return path
+def _scenario_command(module: str, name: str, args: Optional[dict]) -> list[str]:
+    """``module``'s scenario ``name`` with keyword arguments ``args``: the arguments after ``python``."""
+    return [str(SCENARIOS / module), name, json.dumps(args or {})]
 
 
 def _env(extra: Optional[dict[str, str]]) -> dict[str, str]:
@@ -133,14 +79,15 @@ def _sigint_at_its_default() -> None:
 
 def _run_scenario_in(
     directory: Path,
-    code: str,
+    module: str,
+    name: str,
+    args: Optional[dict] = None,
     env: Optional[dict[str, str]] = None,
     timeout: float = 180,
 ) -> Scenario:
-    script = _write_script(directory / 'scenario.py', code)
     try:
         proc = subprocess.run(
-            [sys.executable, str(script)],
+            [sys.executable, *_scenario_command(module, name, args)],
             env=_env(env),
             cwd=directory,
             preexec_fn=_sigint_at_its_default,
@@ -155,17 +102,27 @@ def _run_scenario_in(
 
 @pytest.fixture
 def run_scenario(tmp_path) -> Callable[..., Scenario]:
-    """Run ``code`` (after :data:`PRELUDE`) in a fresh interpreter; fail the test if it exceeds ``timeout`` s."""
+    """``run_scenario(module, name, args=None, env=None, timeout=180)``: run a scenario in a fresh interpreter.
 
-    def run(code: str, env: Optional[dict[str, str]] = None, timeout: float = 180) -> Scenario:
-        return _run_scenario_in(tmp_path, code, env=env, timeout=timeout)
+    The scenario is the function ``name`` of ``scenarios/<module>``, called with the keyword arguments ``args``, in
+    ``tmp_path``; the test fails if it exceeds ``timeout`` s.
+    """
+
+    def run(
+        module: str,
+        name: str,
+        args: Optional[dict] = None,
+        env: Optional[dict[str, str]] = None,
+        timeout: float = 180,
+    ) -> Scenario:
+        return _run_scenario_in(tmp_path, module, name, args=args, env=env, timeout=timeout)
 
     return run
 
 
 @pytest.fixture(scope='module')
 def run_scenario_in() -> Callable[..., Scenario]:
-    """``run_scenario_in(directory, code, env=None, timeout=180)``: :func:`run_scenario` in a given directory.
+    """``run_scenario_in(directory, module, name, args=None, env=None, timeout=180)``: ``run_scenario`` in a directory.
 
     Module-scoped, for fixtures shared by several tests (e.g. an uninterrupted reference run).
     """
@@ -174,22 +131,22 @@ def run_scenario_in() -> Callable[..., Scenario]:
 
 @pytest.fixture
 def start_scenario(tmp_path):
-    """Start ``code`` (after :data:`PRELUDE`) for tests that signal it; its process tree is killed at teardown.
+    """``start_scenario(module, name, args=None, env=None, launcher=None)``: start a scenario that the test signals.
 
-    ``launcher`` prefixes the command (e.g. the ``composer`` launcher and its options) instead of ``python``;
-    ``script_args`` follow the script.
+    As ``run_scenario``, without waiting; its process tree is killed at teardown. ``launcher`` prefixes the command
+    (e.g. the ``composer`` launcher and its options) instead of ``python``.
     """
     procs: list[subprocess.Popen] = []
 
     def start(
-        code: str,
+        module: str,
+        name: str,
+        args: Optional[dict] = None,
         env: Optional[dict[str, str]] = None,
         launcher: Optional[list[str]] = None,
-        script_args: Sequence[str] = (),
     ) -> subprocess.Popen:
-        script = _write_script(tmp_path / f'scenario_{len(procs)}.py', code)
         proc = subprocess.Popen(
-            [*(launcher or [sys.executable]), str(script), *script_args],
+            [*(launcher or [sys.executable]), *_scenario_command(module, name, args)],
             env=_env(env),
             cwd=tmp_path,
             preexec_fn=_sigint_at_its_default,
@@ -297,3 +254,73 @@ def rank_logs(tmp_path) -> Callable[[], str]:
         return '\n'.join(f'{p.name}:\n{p.read_text()}' for p in sorted(tmp_path.glob('rank*.std*')))
 
     return read
+
+
+def _marks(directory: Path, name: str) -> dict[str, list[str]]:
+    return {p.name.rsplit('.', 1)[1]: p.read_text().split('\n')[:-1] for p in sorted(directory.glob(f'{name}.rank*'))}
+
+
+@pytest.fixture
+def marks() -> Callable[[Path, str], dict[str, list[str]]]:
+    """``marks(directory, name)``: the values a scenario's ``mark(name, ...)`` recorded in ``directory``, per rank."""
+    return _marks
+
+
+def _checkpoints(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+@pytest.fixture
+def checkpoints() -> Callable[[Path], list[str]]:
+    """``checkpoints(folder)``: the names of the files in ``folder`` (none if it does not exist), sorted."""
+    return _checkpoints
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout)
+    except Exception:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f'did not exit within {timeout} s\nstdout: {out}\nstderr: {err}')
+
+
+@pytest.fixture
+def finish() -> Callable[..., tuple[str, str]]:
+    """``finish(proc, timeout=120)``: ``proc``'s stdout and stderr once it exits; fails the test after ``timeout`` s."""
+    return _finish
+
+
+@pytest.fixture
+def second_signal_during_a_blocking_close(start_scenario, wait_for_files, tmp_path) -> Callable[..., str]:
+    """``second_signal_during_a_blocking_close(second, blocked_in, trainer_kwargs=None)``: a force quit, checked.
+
+    SIGTERM at batch 3 of ``close_scenarios.blocking_close_after_a_signal``, then ``second`` once its close blocks
+    (``blocked_in``): the process must end with 128 + ``second`` promptly, without ``post_close``. Returns its stderr.
+    """
+
+    def run(second: int, blocked_in: str, trainer_kwargs: Optional[dict] = None) -> str:
+        proc = start_scenario(
+            'close_scenarios.py',
+            'blocking_close_after_a_signal',
+            {
+                'blocks': blocked_in,
+                'trainer_kwargs': trainer_kwargs or {},
+            },
+        )
+        wait_for_files(str(tmp_path / 'training.rank0'), 1, proc)
+        first_sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        wait_for_files(str(tmp_path / 'close.rank0'), 1, proc)  # the engine is closing, its close() blocks for minutes
+        time.sleep(max(0.0, first_sent + 0.5 - time.monotonic()))  # a later signal, not the first delivered twice
+        second_sent = time.monotonic()
+        proc.send_signal(second)
+        _, err = _finish(proc, timeout=60)
+        elapsed = time.monotonic() - second_sent
+        assert proc.returncode == 128 + second, err
+        assert f'received {signal.Signals(second).name} again while stopping' in err
+        assert elapsed < 30, elapsed  # not the 300 s that close() would have taken
+        assert 'post_close.rank0' not in os.listdir(tmp_path)
+        return err
+
+    return run

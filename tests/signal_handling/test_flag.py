@@ -1,18 +1,14 @@
 # Copyright 2022 MosaicML Composer authors
 # SPDX-License-Identifier: Apache-2.0
 
-"""The ``enable_signal_handling`` flag and the ``COMPOSER_SIGNAL_HANDLING`` environment variable."""
+"""The ``enable_signal_handling`` flag and the ``COMPOSER_SIGNAL_HANDLING`` environment variable.
+
+The scenarios are in ``scenarios/flag_scenarios.py``.
+"""
 
 import pytest
 
-INSTALLED_WHILE_OPEN = """
-before = handlers()
-trainer = make_trainer(**kwargs)
-installed = [h is not b for h, b in zip(handlers(), before)]
-trainer.fit()
-trainer.close()
-report(installed=installed, restored=all(a is b for a, b in zip(handlers(), before)))
-"""
+MODULE = 'flag_scenarios.py'
 
 
 @pytest.mark.parametrize(
@@ -35,44 +31,14 @@ report(installed=installed, restored=all(a is b for a, b in zip(handlers(), befo
 )
 def test_flag_and_environment(run_scenario, argument, env_value, expect_installed):
     env = {} if env_value is None else {'COMPOSER_SIGNAL_HANDLING': env_value}
-    kwargs = '{}' if argument is None else f'{{"enable_signal_handling": {argument}}}'
-    scenario = run_scenario(f'kwargs = {kwargs}\n' + INSTALLED_WHILE_OPEN, env=env)
+    kwargs = {} if argument is None else {'enable_signal_handling': argument}
+    scenario = run_scenario(MODULE, 'installed_while_open', {'trainer_kwargs': kwargs}, env=env)
     assert scenario.returncode == 0, scenario
     assert scenario.results == {'installed': [expect_installed, expect_installed], 'restored': True}
 
 
 def test_disabled_never_calls_signal_and_logs_nothing(run_scenario):
-    scenario = run_scenario(
-        """
-calls = []
-_original_signal = signal.signal
-signal.signal = lambda signum, handler: calls.append(signum) or _original_signal(signum, handler)
-records = []
-
-class Collect(logging.Handler):
-    def emit(self, record):
-        if 'signal' in record.getMessage().lower():
-            records.append(record.getMessage())
-
-logging.getLogger().addHandler(Collect(level=logging.DEBUG))
-logging.getLogger('composer').setLevel(logging.DEBUG)
-
-for _ in range(2):
-    trainer = make_trainer(enable_signal_handling=False)
-    trainer.fit()
-    trainer.close()
-
-def worker():
-    t = make_trainer(enable_signal_handling=False)
-    t.fit()
-    t.close()
-
-thread = threading.Thread(target=worker)
-thread.start()
-thread.join(120)
-report(calls=calls, records=records)
-""",
-    )
+    scenario = run_scenario(MODULE, 'disabled_never_calls_signal')
     assert scenario.returncode == 0, scenario
     assert scenario.results == {'calls': [], 'records': []}
 
@@ -80,12 +46,12 @@ report(calls=calls, records=records)
 @pytest.mark.parametrize('value', ['maybe', '2', '', 'enable'])
 def test_invalid_environment_value_raises_at_construction(run_scenario, value):
     scenario = run_scenario(
-        """
-try:
-    make_trainer()
-except ValueError as e:
-    report(error=str(e))
-""",
+        MODULE,
+        'construction_error',
+        {
+            'trainer_kwargs': {},
+            'error': 'ValueError',
+        },
         env={'COMPOSER_SIGNAL_HANDLING': value},
     )
     assert scenario.returncode == 0, scenario
@@ -99,13 +65,14 @@ except ValueError as e:
 @pytest.mark.parametrize('value', ['yes', 1, 0, 'False'])
 def test_non_bool_argument_is_a_type_error(run_scenario, value):
     scenario = run_scenario(
-        f"""
-before = handlers()
-try:
-    make_trainer(enable_signal_handling={value!r})
-except TypeError as e:
-    report(error=str(e), unchanged=all(a is b for a, b in zip(handlers(), before)))
-""",
+        MODULE,
+        'construction_error',
+        {
+            'trainer_kwargs': {
+                'enable_signal_handling': value,
+            },
+            'error': 'TypeError',
+        },
     )
     assert scenario.returncode == 0, scenario
     assert 'enable_signal_handling' in scenario.results['error']

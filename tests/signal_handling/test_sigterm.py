@@ -1,38 +1,16 @@
 # Copyright 2022 MosaicML Composer authors
 # SPDX-License-Identifier: Apache-2.0
 
-"""SIGTERM during ``fit()``: a graceful exit with code 143, or the OS default when signal handling is disabled."""
+"""SIGTERM during ``fit()``: a graceful exit with code 143, or the OS default when signal handling is disabled.
+
+The scenario (``scenarios/sigterm_scenarios.py``) trains "forever", slowly, and records the closing callbacks in
+marker files.
+"""
 
 import signal
 import time
 
-#: Trains "forever" (slowly), announcing progress and recording the closing callbacks in marker files.
-LONG_FIT = """
-import time
-from composer import Callback
-
-marker_dir = sys.argv[1] if len(sys.argv) > 1 else '.'
-rank = os.environ.get('RANK', '0')
-
-def mark(name):
-    with open(os.path.join(marker_dir, f'{name}.rank{rank}'), 'w') as f:
-        f.write(str(os.getpid()))
-
-class Recorder(Callback):
-    def batch_end(self, state, logger):
-        if int(state.timestamp.batch) == 2:
-            mark('training')
-        time.sleep(0.05)
-
-    def close(self, state, logger):
-        mark('close')
-
-    def post_close(self):
-        mark('post_close')
-
-trainer = make_trainer(callbacks=[Recorder()], max_duration='100000ba', **TRAINER_KWARGS)
-trainer.fit()
-"""
+MODULE = 'sigterm_scenarios.py'
 
 
 def _markers(tmp_path):
@@ -40,7 +18,7 @@ def _markers(tmp_path):
 
 
 def test_sigterm_during_fit_exits_143_after_closing(start_scenario, wait_for_files, tmp_path):
-    proc = start_scenario('TRAINER_KWARGS = {}\n' + LONG_FIT)
+    proc = start_scenario(MODULE, 'long_fit')
     wait_for_files(str(tmp_path / 'training.rank0'), 1, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -49,7 +27,7 @@ def test_sigterm_during_fit_exits_143_after_closing(start_scenario, wait_for_fil
 
 
 def test_sigterm_with_signal_handling_disabled_is_the_os_default(start_scenario, wait_for_files, tmp_path):
-    proc = start_scenario('TRAINER_KWARGS = {"enable_signal_handling": False}\n' + LONG_FIT)
+    proc = start_scenario(MODULE, 'long_fit', {'trainer_kwargs': {'enable_signal_handling': False}})
     wait_for_files(str(tmp_path / 'training.rank0'), 1, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -58,17 +36,7 @@ def test_sigterm_with_signal_handling_disabled_is_the_os_default(start_scenario,
 
 
 def test_users_sigterm_handler_is_called_during_fit(start_scenario, wait_for_files, tmp_path):
-    proc = start_scenario(
-        """
-def users_handler(signum, frame):
-    with open('user_handler.rank0', 'w') as f:
-        f.write('called')
-    sys.exit(7)
-
-signal.signal(signal.SIGTERM, users_handler)
-TRAINER_KWARGS = {}
-""" + LONG_FIT,
-    )
+    proc = start_scenario(MODULE, 'long_fit', {'users_handler_exits': 7})
     wait_for_files(str(tmp_path / 'training.rank0'), 1, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -87,7 +55,7 @@ def test_composer_launcher_sigterm_closes_every_rank(
 ):
     """SIGTERM to the launcher: it SIGTERMs its 2 CPU ranks (gloo), each closes its engine, all exit in time."""
     launcher = composer_launcher()
-    proc = start_scenario('TRAINER_KWARGS = {}\n' + LONG_FIT, launcher=launcher, script_args=[str(tmp_path)])
+    proc = start_scenario(MODULE, 'long_fit', {'marker_dir': str(tmp_path)}, launcher=launcher)
     wait_for_files(str(tmp_path / 'training.rank*'), 2, proc, timeout=240)
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
