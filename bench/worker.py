@@ -6,6 +6,11 @@ import os
 import resource
 import sys
 import time
+from pathlib import Path
+
+# The trainer factory shared with the tests; it imports neither torch nor Composer before it is called.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests' / 'signal_handling' / 'scenarios'))
+import scenario_support  # noqa: E402  # isort: skip
 
 
 def _peak_rss_mib() -> float:
@@ -13,24 +18,12 @@ def _peak_rss_mib() -> float:
 
 
 def _trainer(batches: int, callbacks=(), **kwargs):
-    import torch
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from composer import Trainer
-    from composer.models import ComposerClassifier
-    from composer.utils import dist
-
-    torch.manual_seed(0)
-    model = ComposerClassifier(torch.nn.Linear(16, 2), num_classes=2)
-    dataset = TensorDataset(torch.randn(64, 16), torch.randint(0, 2, (64,)))
-    sampler = dist.get_sampler(dataset) if int(os.environ.get('WORLD_SIZE', '1')) > 1 else None
-    return Trainer(
-        model=model,
-        train_dataloader=DataLoader(dataset, batch_size=8, sampler=sampler),
-        optimizers=torch.optim.SGD(model.parameters(), lr=0.01),
+    """The tests' trainer factory (``scenario_support.make_trainer``): a linear model, 64 samples in batches of 8."""
+    return scenario_support.make_trainer(
+        features=16,
+        samples=64,
+        batch_size=8,
         max_duration=f'{batches}ba',
-        device='cpu',
-        progress_bar=False,
         callbacks=list(callbacks),
         **kwargs,
     )

@@ -13,7 +13,11 @@ import textwrap
 import time
 from pathlib import Path
 
-PRELUDE = textwrap.dedent(
+#: The tests' scenario modules: ``scenario_support.make_trainer`` is the one trainer factory of tests, stress, bench
+#: and demo.
+SCENARIOS = Path(__file__).resolve().parents[1] / 'tests' / 'signal_handling' / 'scenarios'
+
+PRELUDE = f'SCENARIOS = {str(SCENARIOS)!r}\n' + textwrap.dedent(
     """
     import logging
     import os
@@ -24,19 +28,8 @@ PRELUDE = textwrap.dedent(
     logging.basicConfig(format='    [log] %(levelname)s %(name)s: %(message)s', level=logging.WARNING)
     logging.getLogger('composer.utils.signal_handling').setLevel(logging.INFO)
 
-    def make_trainer(**kwargs):
-        import torch
-        from torch.utils.data import DataLoader, TensorDataset
-
-        from composer import Trainer
-        from composer.models import ComposerClassifier
-
-        model = ComposerClassifier(torch.nn.Linear(4, 2), num_classes=2)
-        dataset = TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
-        kwargs.setdefault('max_duration', '1ep')
-        return Trainer(model=model, train_dataloader=DataLoader(dataset, batch_size=4),
-                       optimizers=torch.optim.SGD(model.parameters(), lr=0.01), device='cpu', progress_bar=False,
-                       **kwargs)
+    sys.path.insert(0, SCENARIOS)  # the trainer factory shared with the tests
+    from scenario_support import make_trainer
 
     def handlers():
         return signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
@@ -217,10 +210,7 @@ def run_sigterm(title: str, kwargs: str, expected_returncode: int) -> bool:
 PREEMPTION_SCRIPT = """
 import time
 import torch
-from torch.utils.data import DataLoader, TensorDataset
-from composer import Callback, Trainer
-from composer.models import ComposerClassifier
-from composer.utils import dist
+from composer import Callback
 
 class Announce(Callback):
     def batch_end(self, state, logger):
@@ -228,15 +218,9 @@ class Announce(Callback):
             print('TRAINING', flush=True)
         time.sleep(0.02)
 
-torch.manual_seed(0)
-net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.2), torch.nn.Linear(16, 2))
-model = ComposerClassifier(net, num_classes=2)
-generator = torch.Generator().manual_seed(1)
-dataset = TensorDataset(torch.randn(256, 4, generator=generator), torch.randint(0, 2, (256,), generator=generator))
-trainer = Trainer(model=model, train_dataloader=DataLoader(dataset, batch_size=8, sampler=dist.get_sampler(dataset)),
-                  optimizers=torch.optim.Adam(model.parameters(), lr=0.01), device='cpu', progress_bar=False,
-                  max_duration='2ep', seed=17, run_name='demo', save_folder=FOLDER, save_interval='1ep',
-                  save_on_preemption=MODE == 'preempted', autoresume=MODE == 'resumed', callbacks=[Announce()])
+trainer = make_trainer('deterministic', hidden=16, dropout=0.2, samples=256, batch_size=8, max_duration='2ep',
+                       seed=17, run_name='demo', save_folder=FOLDER, save_interval='1ep',
+                       save_on_preemption=MODE == 'preempted', autoresume=MODE == 'resumed', callbacks=[Announce()])
 trainer.fit()
 torch.save(trainer.state.model.state_dict(), f'{FOLDER}/../{MODE}.pt')
 print(f'    [{MODE}] trained to batch {int(trainer.state.timestamp.batch)}', flush=True)

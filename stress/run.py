@@ -432,7 +432,7 @@ def summarize(results: list[Result]) -> str:
 def race_rounds(seed: int, rounds: int, out: Path) -> list[dict]:
     """Repeat the race stress test (32 threads fitting and closing trainers, SIGTERM storm, request_stop())."""
     test = (
-        'tests/signal_handling/test_threads.py::'
+        'tests/signal_handling/test_preemption_threads.py::'
         'test_race_stress_32_threads_while_the_main_thread_is_signalled_and_stops_are_requested'
     )
     results = []

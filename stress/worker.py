@@ -11,14 +11,17 @@ import argparse
 import io
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from composer import Callback, Trainer
-from composer.models import ComposerClassifier
-from composer.utils import dist
+
+# The trainer factory shared with the tests (fork-only code: it may reach into tests/).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests' / 'signal_handling' / 'scenarios'))
+import scenario_support  # noqa: E402  # isort: skip
 
 RANK = int(os.environ.get('RANK', '0'))
 SAMPLES = 64
@@ -116,36 +119,21 @@ def install_half_written_checkpoint(callback: Storm, trainer: Trainer) -> None:
 
 
 def make_trainer(args: argparse.Namespace, callback: Storm) -> Trainer:
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2))
-    model = ComposerClassifier(net, num_classes=2)
-    generator = torch.Generator().manual_seed(1)
-
-    def dataset(samples: int) -> TensorDataset:
-        return TensorDataset(
-            torch.randn(samples, 4, generator=generator),
-            torch.randint(0, 2, (samples,), generator=generator),
-        )
-
-    train, evaluation = dataset(SAMPLES), dataset(16)
+    """The tests' ``deterministic`` run, with 2 DataLoader workers, evaluation and periodic checkpoints."""
     kwargs = {}
     if args.role != 'reference':
         kwargs.update(save_folder='checkpoints', save_interval=f'{SAVE_INTERVAL}ba', autoresume=True)
-    return Trainer(
-        model=model,
+    else:
+        kwargs.update(save_folder=None)
+    return scenario_support.make_trainer(
+        'deterministic',
+        samples=SAMPLES,
+        batch_size=BATCH_SIZE,
+        num_workers=2,
+        eval_samples=16,
         run_name='storm',
-        train_dataloader=DataLoader(
-            train,
-            batch_size=BATCH_SIZE,
-            sampler=dist.get_sampler(train, shuffle=True),
-            num_workers=2,
-        ),
-        eval_dataloader=DataLoader(evaluation, batch_size=BATCH_SIZE, sampler=dist.get_sampler(evaluation)),
         eval_interval=f'{EVAL_INTERVAL}ba',
-        optimizers=torch.optim.Adam(model.parameters(), lr=0.01),
         max_duration=f'{EPOCHS}ep',
-        device='cpu',
-        progress_bar=False,
         seed=42,
         callbacks=[callback],
         save_on_preemption=args.mode == 'preempt' and args.role == 'train',
