@@ -22,6 +22,7 @@ help:
 	@echo "make test-upstream  run the signal regression tests against unpatched upstream (expected to fail)"
 	@echo "make venv|install|wheel|lint|lint-upstream|check-patches|bench"
 	@echo "make lint-pr UPSTREAM=<git checkout> BASE=<rev>  upstream's pre-commit checks on base..HEAD"
+	@echo "make docs-upstream UPSTREAM=<git checkout> [BASE=<rev>]  upstream's Sphinx build of its docs (pandoc; minutes)"
 	@echo "make stress [QUICK=1] [SEED=s RUN=i]  signal storm (stress/run.py): 200 runs + 5 race rounds; QUICK: 20 + 1"
 	@echo "make tree | export | refresh | pr UPSTREAM=<git checkout of mosaicml/composer> [TOPIC=<name>] [EVIDENCE=0]"
 	@echo "make check-patches [UPSTREAM=<git checkout of mosaicml/composer>]"
@@ -75,6 +76,13 @@ lint-upstream: install test-deps
 lint-pr: $(VPY)
 	@test -n "$(UPSTREAM)" -a -n "$(BASE)" || { echo "usage: make lint-pr UPSTREAM=<git checkout> BASE=<rev>"; exit 2; }
 	$(VPY) -m forktool lint-upstream --repo "$(UPSTREAM)" --base "$(BASE)" --python $(VPY)
+
+# Upstream's Sphinx build of an upstream checkout's docs (e.g. with patches/upstream-only applied), offline: needs
+# pandoc (Debian's) and takes minutes, so lint-upstream only parses the rst pages. Output: build/docs-upstream/html.
+# BASE=<rev>: only warnings about the files base..HEAD changes fail it.
+docs-upstream: install
+	@test -n "$(UPSTREAM)" || { echo "usage: make docs-upstream UPSTREAM=<git checkout of mosaicml/composer>"; exit 2; }
+	$(VPY) -m forktool.lint docs-upstream --repo "$(UPSTREAM)" --python $(VPY) $(if $(BASE),--base "$(BASE)")
 
 wheel: $(VPY)
 	$(VPY) -m pip wheel --disable-pip-version-check --no-deps -w dist .

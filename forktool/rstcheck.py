@@ -1,8 +1,10 @@
-"""Check reStructuredText pages of upstream's Sphinx docs with docutils alone: ``python -m forktool.rstcheck FILE...``.
+"""Parse reStructuredText pages of upstream's Sphinx docs with docutils alone: ``python -m forktool.rstcheck FILE...``.
 
-Upstream builds its docs with Sphinx 4.4 and many extensions, too much for CI here. Docutils parses the page with
-Sphinx's cross-reference roles (``:class:``, ``:doc:``, ...) and sphinxemoji's ``|:name:|`` substitutions stood in
-for, and ``code-block`` highlighting off; any message at warning level or above is reported. Needs ``docutils``.
+This only parses the pages; it does not build them. ``make lint-upstream``/``lint-pr`` use it on the pages a branch
+adds because upstream's real Sphinx build takes minutes and needs pandoc: that build is ``make docs-upstream``
+(:func:`forktool.lint.docs_upstream`). Docutils parses the page with Sphinx's cross-reference roles (``:class:``,
+``:doc:``, ...) and sphinxemoji's ``|:name:|`` substitutions stood in for, and ``code-block`` highlighting off; any
+message at warning level or above is reported. Needs ``docutils``.
 """
 
 from __future__ import annotations
