@@ -136,7 +136,7 @@ def check_topics(patches_dir: Path = PATCHES_DIR, root: Path = ROOT) -> list[str
     series_topics = list(dict.fromkeys(t for t, _ in read_series_with_topics(patches_dir)))
     if None in series_topics:
         problems.append(f'series: patches before the first `# topic:` line')
-    if [t for t in series_topics if t is not None] != [n for n in names if n in series_topics]:
+    if [t for t in series_topics if t is not None] != names:
         problems.append(f'series: its topics ({series_topics}) are not those of {TOPICS_FILE}, in its order ({names})')
     for index, name in enumerate(names):
         base = config[name].get('base', UPSTREAM_BASE).strip()

@@ -15,7 +15,8 @@
 * Where Composer holds no signal handlers (a Trainer created off the main thread, Ray, an opt-out),
   :func:`warn_preemption_unavailable` says what to do instead.
 
-This module only talks to :mod:`composer.utils.signal_handling` through its public functions.
+This module only talks to :mod:`composer.utils.signal_handling` through its public functions; importing it makes
+Composer's messages point to :meth:`.Trainer.request_stop` (:func:`.signal_handling.set_stop_advice`).
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from composer.utils.signal_handling import (
     DISABLED_REASON,
     SignalHandlerLease,
+    StopAdvice,
     intercept_sigterm,
     keep_handlers_until_exit,
     read_bool_env,
+    set_stop_advice,
 )
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,21 @@ __all__ = [
 
 #: Environment variable read when ``Trainer(save_on_preemption=None)`` (the default).
 SAVE_ON_PREEMPTION_ENV_VAR = 'COMPOSER_SAVE_ON_PREEMPTION'
+
+# Where Composer's handlers are not installed, its messages point to Trainer.request_stop().
+set_stop_advice(
+    StopAdvice(
+        lost=', and save_on_preemption cannot react to it',
+        handle_sigterm=(
+            'call trainer.request_stop() (from any thread, or from your own signal handler) to stop every rank after '
+            'the current batch and save a checkpoint, and call trainer.close() in a `finally` block'
+        ),
+        stop=(
+            'Call trainer.request_stop() to stop training after the current batch (with a checkpoint), and '
+            'trainer.close() in a `finally` block to flush checkpoints and loggers'
+        ),
+    ),
+)
 
 
 def resolve_save_on_preemption(save_on_preemption: Optional[bool], can_save: bool) -> bool:

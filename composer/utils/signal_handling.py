@@ -31,8 +31,8 @@ pending checkpoint uploads are flushed:
   own engine owns the handlers from then on and gets the full behaviour.
 
 All of this state lives on one :class:`_ProcessState` object. Other parts of Composer change what ``SIGTERM`` does
-only through :func:`intercept_sigterm` and :func:`keep_handlers_until_exit` (the trainer's preemption saving,
-:mod:`composer.utils.preemption`).
+only through :func:`intercept_sigterm` and :func:`keep_handlers_until_exit` (for example, to save a checkpoint
+before the process exits), and what the warnings advise through :func:`set_stop_advice`.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ __all__ = [
     'CLOSE_TIMEOUT_ENV_VAR',
     'SIGNAL_HANDLING_ENV_VAR',
     'SignalHandlerLease',
+    'StopAdvice',
     'acquire_signal_handlers',
     'engine_closing',
     'intercept_sigterm',
@@ -65,6 +66,7 @@ __all__ = [
     'read_bool_env',
     'resolve_close_timeout',
     'resolve_signal_handling',
+    'set_stop_advice',
 ]
 
 #: Environment variable read when ``enable_signal_handling`` is ``None``.
@@ -97,6 +99,21 @@ _Handler = Union[Callable[[int, Optional[FrameType]], Any], int, signal.Handlers
 _F = TypeVar('_F', bound=Callable[..., Any])
 
 
+@dataclasses.dataclass(frozen=True)
+class StopAdvice:
+    """What Composer's messages advise where its handlers are not installed (see :func:`set_stop_advice`).
+
+    Attributes:
+        lost (str): What else ``SIGTERM`` then misses, after "checkpoints and loggers may not be flushed".
+        handle_sigterm (str): What to do when handling ``SIGTERM`` yourself (the warning).
+        stop (str): How to stop training cleanly (the message where a framework owns the signals).
+    """
+
+    lost: str = ''
+    handle_sigterm: str = 'call trainer.close() in a `finally` block'
+    stop: str = 'Call trainer.close() in a `finally` block to flush checkpoints and loggers'
+
+
 @dataclasses.dataclass(eq=False)
 class _ProcessState:
     """Everything Composer's signal handling knows about this process. There is one instance, :data:`_state`.
@@ -122,6 +139,8 @@ class _ProcessState:
     warned: bool = False
     informed: bool = False
     atexit_registered: bool = False
+    #: What the warnings advise (:func:`set_stop_advice`).
+    stop_advice: StopAdvice = dataclasses.field(default_factory=StopAdvice)
     #: ``COMPOSER_SIGNAL_CLOSE_TIMEOUT``, read by :func:`acquire_signal_handlers`.
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
     #: The watchdog thread of the owner process, started with the first installation.
@@ -306,8 +325,8 @@ class SignalHandlerLease:
 
     @property
     def warned(self) -> bool:
-        """Whether Composer's once-per-process warning, which names the cause and ``trainer.request_stop()``, covers
-        why this lease holds nothing: then no second warning about the same situation should be logged for it."""
+        """Whether Composer's once-per-process warning, which names the cause and what to do, covers why this lease
+        holds nothing: then no second warning about the same situation should be logged for it."""
         return self._warned
 
     def release(self) -> None:
@@ -560,13 +579,12 @@ def _warn_once(reason: str) -> None:
         _state.warned = True
     log.warning(
         'Composer could not install its SIGTERM/SIGINT handlers: %s. Training continues, but if this process receives '
-        'SIGTERM, the engine will not close cleanly: checkpoints and loggers may not be flushed, and '
-        'save_on_preemption cannot react to it. To fix this, create the Trainer on the main thread; otherwise handle '
-        'SIGTERM yourself: call trainer.request_stop() (from any thread, or from your own signal handler) to stop '
-        'every rank after the current batch and save a checkpoint, and call trainer.close() in a `finally` block. '
-        'To opt out and silence this warning, pass enable_signal_handling=False to the Trainer or set %s=0. This '
-        'warning is logged once per process.',
+        'SIGTERM, the engine will not close cleanly: checkpoints and loggers may not be flushed%s. To fix this, create '
+        'the Trainer on the main thread; otherwise handle SIGTERM yourself: %s. To opt out and silence this warning, '
+        'pass enable_signal_handling=False to the Trainer or set %s=0. This warning is logged once per process.',
         reason,
+        _state.stop_advice.lost,
+        _state.stop_advice.handle_sigterm,
         SIGNAL_HANDLING_ENV_VAR,
     )
 
@@ -577,10 +595,10 @@ def _inform_once(reason: str) -> None:
             return
         _state.informed = True
     log.info(
-        'Composer left SIGTERM/SIGINT handling alone because %s. Call trainer.request_stop() to stop training after '
-        'the current batch (with a checkpoint), and trainer.close() in a `finally` block to flush checkpoints and '
-        'loggers; pass enable_signal_handling=True or set %s=1 to install Composer\'s handlers anyway.',
+        'Composer left SIGTERM/SIGINT handling alone because %s. %s; pass enable_signal_handling=True or set %s=1 to '
+        'install Composer\'s handlers anyway.',
         reason,
+        _state.stop_advice.stop,
         SIGNAL_HANDLING_ENV_VAR,
     )
 
@@ -591,7 +609,7 @@ def intercept_sigterm(stop: Optional[Callable[[int], None]] = None) -> Iterator[
 
     Only where Composer's handler replaced the OS default: a handler of the user's or a framework's is called as
     before. ``stop`` runs inside the signal handler, between two bytecodes of the main thread: it must only assign
-    (for example :meth:`.StopRequest.request`). From then on the process counts as stopping, so a second ``SIGTERM``
+    (for example, set a flag that the training loop reads). From then on the process counts as stopping, so a second ``SIGTERM``
     or ``SIGINT`` force-quits. Entering the context also forgets an earlier signal that the process recovered from (a
     caught ``KeyboardInterrupt`` or ``SystemExit``), so that only a signal received from now on arms the force quit;
     with ``stop=None`` that is all it does.
@@ -609,6 +627,12 @@ def intercept_sigterm(stop: Optional[Callable[[int], None]] = None) -> Iterator[
         if stop is not None:
             with _state.lock:
                 _state.sigterm_stops = tuple(s for s in _state.sigterm_stops if s is not stop)
+
+
+def set_stop_advice(advice: StopAdvice) -> None:
+    """Say what Composer's messages should advise where its handlers are not installed (a richer way to stop)."""
+    with _state.lock:
+        _state.stop_advice = advice
 
 
 def keep_handlers_until_exit() -> None:
