@@ -67,7 +67,7 @@ lint: test-deps
 	$(MAKE) lint-upstream
 
 # Upstream's .pre-commit-config.yaml checks at its pinned versions (build/lint-venv), on the files the series and the
-# overlay add or change, in a tree of the pinned release (its `upstream` tag is the base).
+# fork's own files add or change, in a tree of the pinned release (its `upstream` tag is the base).
 lint-upstream: install test-deps
 	$(VPY) -m forktool tree --dest $(LINT_TREE) >/dev/null
 	$(VPY) -m forktool lint-upstream --repo $(LINT_TREE) --base upstream --python $(VPY)
