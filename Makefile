@@ -14,7 +14,7 @@ LINT_PATHS := composer forktool tests bench stress demo clients setup.py
 # `make lint` builds its own tree here (not build/tree, a developer's) to lint the upstream-bound files in it.
 LINT_TREE ?= build/lint-tree
 
-.PHONY: help venv install demo test test-deps test-upstream lint lint-upstream lint-pr wheel tree export refresh check-patches pr bench stress client client-tests clean
+.PHONY: help venv install demo test test-deps test-upstream lint lint-upstream lint-pr docs-upstream wheel tree export refresh check-patches pr bench stress client client-tests clean
 
 help:
 	@echo "make demo           install the fork into $(VENV) and run the demo (README set-up command 1)"

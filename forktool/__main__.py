@@ -27,7 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--tree', type=Path, default=upstream.ROOT / 'build' / 'tree')
     p.add_argument('--dest', type=Path, default=series.PATCHES_DIR)
     p = sub.add_parser('check', help='check headers, topics and exact application of every patch to the pinned release')
-    p.add_argument('--upstream', type=Path, help='also apply every topic to this git checkout of upstream')
+    p.add_argument('--upstream', type=Path, help='also make every topic branch in a clone of this git checkout')
+    p.add_argument(
+        '--no-commit-check',
+        dest='commits',
+        action='store_false',
+        help='do not check out every commit of every topic branch (the slow part)',
+    )
     p = sub.add_parser(
         'pr',
         help='create one branch per topic (modules, patches, tests, PR-only docs) in an upstream '
@@ -88,11 +94,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == 'check':
         problems = series.check() + topics.check_topics() + description.check_templates(series.PATCHES_DIR)
         notes: list[str] = []
-        if not problems:
+        if args.commits and not problems:
             commit_problems, notes = pr.check_tree_commits()
             problems += commit_problems
         if args.upstream is not None and not problems:
-            checkout_problems, checkout_notes = pr.check_against_checkout(args.upstream.resolve())
+            checkout_problems, checkout_notes = pr.check_against_checkout(args.upstream.resolve(), commits=args.commits)
             problems += checkout_problems
             notes += checkout_notes
         for note in notes:

@@ -149,7 +149,7 @@ def tests_evidence(branch, on_branch: Path, on_base: Path) -> tuple[str, bool]:
 
 
 def lint_evidence(branch, on_branch: Path) -> tuple[str, bool]:
-    """Upstream's pre-commit hooks (as :mod:`forktool.lint` reproduces them) on ``base..branch``: Markdown, passed?"""
+    """Upstream's pre-commit hooks (pre-commit itself, through :mod:`forktool.lint`'s generated local hooks) on ``base..branch``: Markdown, passed?"""
     try:
         problems = lint.lint_upstream(on_branch, branch.base_commit, sys.executable, lint.DEFAULT_VENV)
     except ForkError as e:

@@ -127,7 +127,7 @@ def make_topic_branches(
     return made
 
 
-def check_against_checkout(upstream: Path, root: Path = ROOT) -> tuple[list[str], list[str]]:
+def check_against_checkout(upstream: Path, root: Path = ROOT, commits: bool = True) -> tuple[list[str], list[str]]:
     """Make every topic's branch in a clone of an upstream checkout and check every commit of them.
 
     Returns:
@@ -142,6 +142,8 @@ def check_against_checkout(upstream: Path, root: Path = ROOT) -> tuple[list[str]
             branches = make_topic_branches(clone, prefix='check', root=root)
         except ForkError as e:
             return [str(e)], []
+        if not commits:
+            return [], [f'{b.branch}: made on {b.base_commit[:12]}' for b in branches]
         ranges = {b.topic.name: (b.base_commit, b.branch) for b in branches}
         return check_every_commit(clone, ranges, [b.topic for b in branches], root)
 

@@ -325,8 +325,10 @@ class SignalHandlerLease:
 
     @property
     def warned(self) -> bool:
-        """Whether Composer's once-per-process warning, which names the cause and what to do, covers why this lease
-        holds nothing: then no second warning about the same situation should be logged for it."""
+        """Whether Composer's once-per-process warning covers why this lease holds nothing.
+
+        That warning names the cause and what to do: no second warning about the same situation should be logged.
+        """
         return self._warned
 
     def release(self) -> None:
