@@ -39,9 +39,9 @@ def _formatted(records: LogCollector) -> list[str]:
 def import_on_main_thread() -> None:
     calls, records = record_signal_calls()
     before = handlers()
-    import composer  # noqa: F401
-    from composer import Trainer  # noqa: F401
-    from composer.core import engine  # noqa: F401
+    import composer  # noqa: F401  # pyright: ignore[reportUnusedImport]
+    from composer import Trainer  # noqa: F401  # pyright: ignore[reportUnusedImport]
+    from composer.core import engine  # noqa: F401  # pyright: ignore[reportUnusedImport]
     report(
         unchanged=handlers() == before,
         same_objects=all(a is b for a, b in zip(handlers(), before)),
@@ -56,8 +56,8 @@ def import_in_worker_thread() -> None:
     before = handlers()
 
     def worker():
-        import composer  # noqa: F401
-        from composer import Trainer  # noqa: F401
+        import composer  # noqa: F401  # pyright: ignore[reportUnusedImport]
+        from composer import Trainer  # noqa: F401  # pyright: ignore[reportUnusedImport]
 
     errors = run_in_thread(worker)
     report(
@@ -88,7 +88,7 @@ def import_keeps_users_handlers() -> None:
 
     signal.signal(signal.SIGTERM, mine)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import composer  # noqa: F401
+    import composer  # noqa: F401  # pyright: ignore[reportUnusedImport]
     report(
         sigterm_is_mine=signal.getsignal(signal.SIGTERM) is mine,
         sigint_ignored=signal.getsignal(signal.SIGINT) == signal.SIG_IGN,

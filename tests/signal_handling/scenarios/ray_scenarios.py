@@ -40,7 +40,7 @@ def defer_sigint_29():
 def import_and_trainer_inside_defer_sigint() -> None:
     before = handlers()
     with defer_sigint_29():
-        import composer  # noqa: F401
+        import composer  # noqa: F401  # pyright: ignore[reportUnusedImport]
         trainer = make_trainer()
         untouched_inside = all(a is b for a, b in zip(handlers(), before))
         trainer.fit()
