@@ -182,7 +182,8 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 def _wait_for_files(pattern: str, count: int, proc: subprocess.Popen, timeout: float = 120.0) -> list[str]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = sorted(glob.glob(pattern))
+        # A marker file exists before its line is written (``mark`` opens, then writes): count it once it has one.
+        found = sorted(path for path in glob.glob(pattern) if os.path.getsize(path) > 0)
         if len(found) >= count:
             return found
         if proc.poll() is not None:
@@ -196,7 +197,7 @@ def _wait_for_files(pattern: str, count: int, proc: subprocess.Popen, timeout: f
 
 @pytest.fixture
 def wait_for_files() -> Callable[..., list[str]]:
-    """``wait_for_files(pattern, count, proc, timeout=120)``: wait until ``count`` files match ``pattern``.
+    """``wait_for_files(pattern, count, proc, timeout=120)``: wait until ``count`` non-empty files match ``pattern``.
 
     Fails the test if ``proc`` exits first or time runs out.
     """
