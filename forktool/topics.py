@@ -25,7 +25,6 @@ from forktool import ForkError
 from forktool.series import (
     PATCHES_DIR,
     Patch,
-    _git,
     am,
     check_headers,
     commit_files,
@@ -162,15 +161,3 @@ def check_topics(patches_dir: Path = PATCHES_DIR, root: Path = ROOT) -> list[str
     if order != sorted(order):
         problems.append(f'{UPSTREAM_ONLY_DIR}/series: patches must be grouped in the order of the topics')
     return problems
-
-
-def topic_commits(tree: Path, topics: list[Topic], branch_prefix: str) -> dict[str, list[str]]:
-    """Each topic's commits in a tree or checkout whose branches ``<prefix><topic>`` hold the topics, oldest first."""
-    commits: dict[str, list[str]] = {}
-    previous = None
-    for topic in topics:
-        start = 'upstream' if previous is None else branch_prefix + previous
-        revs = _git(['rev-list', '--reverse', f'{start}..{branch_prefix}{topic.name}'], cwd=tree).stdout.split()
-        commits[topic.name] = revs
-        previous = topic.name
-    return commits
