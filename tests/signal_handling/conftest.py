@@ -7,6 +7,7 @@ Every test runs its scenario in a fresh Python subprocess with a timeout: signal
 they must not leak into (or from) the test runner, and nothing may hang.
 """
 
+import functools
 import glob
 import json
 import os
@@ -107,17 +108,7 @@ def run_scenario(tmp_path) -> Callable[..., Scenario]:
     The scenario is the function ``name`` of ``scenarios/<module>``, called with the keyword arguments ``args``, in
     ``tmp_path``; the test fails if it exceeds ``timeout`` s.
     """
-
-    def run(
-        module: str,
-        name: str,
-        args: Optional[dict] = None,
-        env: Optional[dict[str, str]] = None,
-        timeout: float = 180,
-    ) -> Scenario:
-        return _run_scenario_in(tmp_path, module, name, args=args, env=env, timeout=timeout)
-
-    return run
+    return functools.partial(_run_scenario_in, tmp_path)
 
 
 @pytest.fixture(scope='module')
