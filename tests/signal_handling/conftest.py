@@ -284,6 +284,26 @@ def finish() -> Callable[..., tuple[str, str]]:
 
 
 @pytest.fixture
+def sigterm_to_a_forked_child(start_scenario, wait_for_files, tmp_path) -> Callable[..., tuple[subprocess.Popen, str]]:
+    """``sigterm_to_a_forked_child(name, args, pid_marker)``: a ``fork_scenarios`` scenario, its child signalled.
+
+    Starts ``fork_scenarios.<name>(**args)``, waits for the child's pid in ``tmp_path / pid_marker``, sends the child
+    ``SIGTERM`` and waits for the parent to exit. Returns the parent process and its stderr.
+    """
+
+    def run(name: str, args: dict, pid_marker: str) -> tuple[subprocess.Popen, str]:
+        proc = start_scenario('fork_scenarios.py', name, args)
+        wait_for_files(str(tmp_path / pid_marker), 1, proc)
+        child_pid = int((tmp_path / pid_marker).read_text())
+        assert child_pid != proc.pid
+        os.kill(child_pid, signal.SIGTERM)
+        _, err = _finish(proc)
+        return proc, err
+
+    return run
+
+
+@pytest.fixture
 def second_signal_during_a_blocking_close(start_scenario, wait_for_files, tmp_path) -> Callable[..., str]:
     """``second_signal_during_a_blocking_close(second, blocked_in, trainer_kwargs=None)``: a force quit, checked.
 

@@ -7,19 +7,14 @@ that only inherited the parent's handlers gets the signal's own effect.
 The scenarios are in ``scenarios/fork_scenarios.py``.
 """
 
-import os
 import signal
 
 import pytest
 
-MODULE = 'fork_scenarios.py'
-
 
 @pytest.mark.parametrize('start,parent_trainer', [('multiprocessing', False), ('os.fork', True)])
 def test_a_forked_child_that_creates_its_own_trainer_gets_the_full_behaviour(
-    start_scenario,
-    wait_for_files,
-    finish,
+    sigterm_to_a_forked_child,
     marks,
     checkpoints,
     tmp_path,
@@ -27,19 +22,14 @@ def test_a_forked_child_that_creates_its_own_trainer_gets_the_full_behaviour(
     parent_trainer,
 ):
     """SIGTERM to such a child exits 143 after a clean close."""
-    proc = start_scenario(
-        MODULE,
+    proc, err = sigterm_to_a_forked_child(
         'forked_child_with_its_own_trainer',
         {
             'start': start,
             'parent_trainer': parent_trainer,
         },
+        pid_marker='child/training.rank0',
     )
-    wait_for_files(str(tmp_path / 'child' / 'training.rank0'), 1, proc)
-    child_pid = int((tmp_path / 'child' / 'training.rank0').read_text())
-    assert child_pid != proc.pid
-    os.kill(child_pid, signal.SIGTERM)
-    _, err = finish(proc)
     assert proc.returncode == 0, err
     assert marks(tmp_path, 'child_status') == {'rank0': ['143']}, err
     assert marks(tmp_path / 'child', 'exit') == {'rank0': ['143']}, err
@@ -50,9 +40,7 @@ def test_a_forked_child_that_creates_its_own_trainer_gets_the_full_behaviour(
 
 @pytest.mark.parametrize('start', ['os.fork', 'multiprocessing'])
 def test_a_forked_child_of_a_fitting_process_gets_the_os_default_not_the_parents_shutdown(
-    start_scenario,
-    wait_for_files,
-    finish,
+    sigterm_to_a_forked_child,
     marks,
     checkpoints,
     tmp_path,
@@ -60,10 +48,7 @@ def test_a_forked_child_of_a_fitting_process_gets_the_os_default_not_the_parents
 ):
     """A child forked during fit only inherited the handlers: SIGTERM kills it as by default; the child closes and
     saves nothing, and the parent trains on. (``os.fork`` and ``multiprocessing``'s ``fork`` context.)"""
-    proc = start_scenario(MODULE, 'fork_during_fit', {'start': start})
-    wait_for_files(str(tmp_path / 'child.rank0'), 1, proc)
-    os.kill(int((tmp_path / 'child.rank0').read_text()), signal.SIGTERM)
-    _, err = finish(proc)
+    proc, err = sigterm_to_a_forked_child('fork_during_fit', {'start': start}, pid_marker='child.rank0')
     assert proc.returncode == 0, err
     assert marks(tmp_path, 'child_status') == {'rank0': [str(-signal.SIGTERM)]}, err  # killed by the signal
     assert marks(tmp_path, 'exit') == {'rank0': ['returned']}

@@ -337,9 +337,7 @@ def test_stop_votes_add_no_collective(run_scenario):
 
 @pytest.mark.parametrize('start', ['os.fork', 'multiprocessing'])
 def test_a_forked_child_of_a_preemptible_fit_gets_the_os_default_not_the_parents_shutdown(
-    start_scenario,
-    wait_for_files,
-    finish,
+    sigterm_to_a_forked_child,
     marks,
     checkpoints,
     tmp_path,
@@ -347,10 +345,14 @@ def test_a_forked_child_of_a_preemptible_fit_gets_the_os_default_not_the_parents
 ):
     """A child forked during a preemptible fit only inherited the handlers: SIGTERM kills it as by default; no close,
     checkpoint or stop in the child. (``os.fork`` and ``multiprocessing``'s ``fork`` context.)"""
-    proc = start_scenario('fork_scenarios.py', 'fork_during_fit', {'start': start, 'trainer_kwargs': PREEMPTIBLE})
-    wait_for_files(str(tmp_path / 'child.rank0'), 1, proc)
-    os.kill(int((tmp_path / 'child.rank0').read_text()), signal.SIGTERM)
-    _, err = finish(proc)
+    proc, err = sigterm_to_a_forked_child(
+        'fork_during_fit',
+        {
+            'start': start,
+            'trainer_kwargs': PREEMPTIBLE,
+        },
+        pid_marker='child.rank0',
+    )
     assert proc.returncode == 0, err
     assert marks(tmp_path, 'child_status') == {'rank0': [str(-signal.SIGTERM)]}, err  # killed by the signal
     # The parent trained to the end undisturbed; the child closed nothing and saved nothing.
@@ -361,9 +363,7 @@ def test_a_forked_child_of_a_preemptible_fit_gets_the_os_default_not_the_parents
 
 @pytest.mark.parametrize('start,parent_trainer', [('multiprocessing', False), ('os.fork', True)])
 def test_a_forked_child_with_its_own_preemptible_trainer_checkpoints_and_exits_143(
-    start_scenario,
-    wait_for_files,
-    finish,
+    sigterm_to_a_forked_child,
     marks,
     checkpoints,
     tmp_path,
@@ -371,20 +371,15 @@ def test_a_forked_child_with_its_own_preemptible_trainer_checkpoints_and_exits_1
     parent_trainer,
 ):
     """As the lifecycle's test_fork.py, with save_on_preemption in the child: it also checkpoints the stop."""
-    proc = start_scenario(
-        'fork_scenarios.py',
+    proc, err = sigterm_to_a_forked_child(
         'forked_child_with_its_own_trainer',
         {
             'start': start,
             'parent_trainer': parent_trainer,
             'child_kwargs': PREEMPTIBLE,
         },
+        pid_marker='child/training.rank0',
     )
-    wait_for_files(str(tmp_path / 'child' / 'training.rank0'), 1, proc)
-    child_pid = int((tmp_path / 'child' / 'training.rank0').read_text())
-    assert child_pid != proc.pid
-    os.kill(child_pid, signal.SIGTERM)
-    _, err = finish(proc)
     assert proc.returncode == 0, err
     assert marks(tmp_path, 'child_status') == {'rank0': ['143']}, err
     assert marks(tmp_path / 'child', 'exit') == {'rank0': ['143']}, err
