@@ -27,6 +27,7 @@ from forktool.upstream import ROOT
 FORK_ONLY_PATHS = (
     'tests/requirements.txt',
     'tests/fork_build/',
+    'tests/production/',
     'forktool/',
     'bench/',
     'demo/',

@@ -38,7 +38,7 @@ REQUIRED_FIELDS = ('Description', 'Bug', 'Forwarded', 'Last-Update')
 UPSTREAM_ONLY_DIR = PATCHES_DIR / 'upstream-only'
 UPSTREAM_ONLY_FIELDS = REQUIRED_FIELDS + ('Topic',)
 #: Paths under ``tests/`` that serve the fork, not Composer: they stay out of every tree and pull request.
-FORK_ONLY_TESTS = ('tests/fork_build', 'tests/requirements.txt')
+FORK_ONLY_TESTS = ('tests/fork_build', 'tests/production', 'tests/requirements.txt')
 UPSTREAM_TAG = 'upstream'
 TOPIC_BRANCH_PREFIX = 'topic/'
 TOPIC_MARKER = '# topic: '
