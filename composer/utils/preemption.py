@@ -27,6 +27,7 @@ import signal
 import sys
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+import composer.utils.signal_handling as _signal_handling
 from composer.utils.signal_handling import (
     DISABLED_REASON,
     SignalHandlerLease,
@@ -324,3 +325,17 @@ def shield_dataloader_workers(dataloaders: Sequence[Any]):
     finally:
         for dataloader, original in shielded:
             dataloader.worker_init_fn = original
+
+
+def _keep_the_old_import_paths() -> None:
+    """Keep ``from composer.utils.signal_handling import StopRequest`` (and the rest of :data:`__all__`) working.
+
+    The fork's releases before ``0.32.1+signals.5`` had these names in :mod:`composer.utils.signal_handling`, which now
+    knows nothing of preemption. ``import composer`` imports this module (through the Trainer) before anything can
+    import from there, so the names stay where they were, as the same objects.
+    """
+    for name in __all__:
+        setattr(_signal_handling, name, globals()[name])
+
+
+_keep_the_old_import_paths()

@@ -541,14 +541,24 @@ def _restore_locked() -> None:
 def _restore_at_exit() -> None:
     """Put back the original handlers at interpreter exit, unless Composer's handler is why the process exits.
 
-    Then they stay through the rest of the shutdown: a repeat of the signal (a launcher's clean-up ``SIGTERM``)
-    still gives ``128 + signum`` instead of the OS default's death by that signal.
+    Then no later signal may change the exit status (``128 + signum``) that the process decided on: a launcher's
+    clean-up ``SIGTERM`` reaches a rank late in its shutdown, and a scheduler reads "preempted" from 143. The signals
+    that Composer handles with an exit or ``KeyboardInterrupt`` are ignored from here on, because ``SIG_IGN`` is the
+    one disposition that CPython's finalization leaves in place: it puts the OS default back over every Python
+    handler, and a signal after that, during the C-level teardown (native libraries' exit handlers), killed the
+    process by that signal instead.
     """
     with _state.lock:
-        if _state.installed and not _state.exit_pending:
+        if not _state.installed:
+            return
+        if not _state.exit_pending:
             _state.holders = 0
             _state.kept_until_exit = False
             _restore_locked()
+            return
+        for signum, handler in _state.installed.items():
+            if handler.stops_the_process and signal.getsignal(signum) is handler:
+                signal.signal(signum, signal.SIG_IGN)
 
 
 def _framework_owning_signals() -> Optional[str]:

@@ -140,7 +140,10 @@ def test_commit_list_is_base_to_branch_oldest_first(upstream):
     assert lines[0].startswith('- `') and git(upstream, 'rev-parse', 'signals/fix~1').startswith(lines[0][3:10])
 
 
-@pytest.mark.parametrize('name', ['lifecycle', 'preemption', 'atomic-checkpoints'])
+@pytest.mark.parametrize(
+    'name',
+    ['lifecycle', 'preemption', 'atomic-checkpoints', 'launcher-cleanup-timeout', 'autoresume-fallback'],
+)
 def test_each_real_template_is_filled_completely_without_evidence(upstream, tmp_path, name):
     template = (ROOT / 'patches' / 'pr' / f'{name}.md').read_text()
     root = fork_root(tmp_path, template, name)

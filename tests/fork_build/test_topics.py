@@ -76,8 +76,14 @@ def fork_copy(tmp_path) -> Path:
 def test_every_file_of_ours_is_in_exactly_one_topic_and_the_topics_follow_the_series():
     assert topics.check_topics() == []
     all_topics = topics.read_topics()
-    assert [t.name for t in all_topics] == ['lifecycle', 'preemption', 'atomic-checkpoints']
-    assert [t.base for t in all_topics] == ['upstream', 'lifecycle', 'upstream']
+    assert [t.name for t in all_topics] == [
+        'lifecycle',
+        'preemption',
+        'atomic-checkpoints',
+        'launcher-cleanup-timeout',
+        'autoresume-fallback',
+    ]
+    assert [t.base for t in all_topics] == ['upstream', 'lifecycle', 'upstream', 'lifecycle', 'upstream']
     assert [p for t in all_topics for p in t.patches] == series.read_series()
     assert all(t.patches and t.tests for t in all_topics)
 
@@ -101,15 +107,16 @@ def test_check_topics_names_a_file_in_no_topic_in_two_topics_a_missing_one_and_a
     assert 'are not those of topics' in problems  # [extra] has no patches in the series
 
 
-def test_the_lifecycle_files_know_nothing_of_preemption_and_atomic_checkpoints_nothing_of_signals():
+def test_the_lifecycle_files_know_nothing_of_preemption_and_the_checkpoint_topics_nothing_of_signals():
     by_name = {t.name: t for t in topics.read_topics()}
     for rel in by_name['lifecycle'].own_files:
         text = (ROOT / rel).read_text()
         assert not [name for name in PREEMPTION_NAMES if name in text], rel
-    for rel in by_name['atomic-checkpoints'].own_files:
-        assert 'signal_handling' not in (ROOT / rel).read_text(), rel
-    for patch in by_name['atomic-checkpoints'].patches:
-        assert 'signal' not in patch.diff, patch.name
+    for name in ('atomic-checkpoints', 'autoresume-fallback'):
+        for rel in by_name[name].own_files:
+            assert 'signal_handling' not in (ROOT / rel).read_text(), rel
+        for patch in by_name[name].patches:
+            assert 'signal' not in patch.diff, patch.name
 
 
 def test_export_refuses_a_commit_that_mixes_files_of_ours_with_upstream_files_and_an_unowned_file(tmp_path, fork_copy):
@@ -121,7 +128,7 @@ def test_export_refuses_a_commit_that_mixes_files_of_ours_with_upstream_files_an
     module = tree / 'composer/utils/signal_handling.py'
     module.write_text(module.read_text() + '\n')
     subprocess.run(['git', 'commit', '-qam', 'mixed'], cwd=tree, check=True, env=env)
-    subprocess.run(['git', 'branch', '-f', 'topic/atomic-checkpoints'], cwd=tree, check=True)
+    subprocess.run(['git', 'branch', '-f', 'topic/autoresume-fallback'], cwd=tree, check=True)
     with pytest.raises(series.ForkError, match='changes both upstream files and files of ours'):
         series.export(tree, fork_copy / 'patches', root=fork_copy)
     subprocess.run(['git', 'reset', '-q', '--hard', 'HEAD~1'], cwd=tree, check=True)
@@ -152,7 +159,8 @@ def test_topic_branches_start_from_their_base_and_hold_only_upstream_bound_files
         assert set(changed) == patched | set(topic.own_files)
         for rel in topic.own_files:
             assert git(upstream_repo, 'show', f'{branch.branch}:{rel}') == (fork_copy / rel).read_text(), rel
-    assert made[-1].base_commit == main  # atomic-checkpoints stands alone
+    assert made[2].base_commit == made[4].base_commit == main  # atomic-checkpoints, autoresume-fallback stand alone
+    assert made[3].base_commit == git(upstream_repo, 'rev-parse', made[0].branch).strip()  # stacks on lifecycle
     assert 'docs/source/notes/signal_handling.rst' in git(
         upstream_repo,
         'diff',

@@ -122,10 +122,10 @@ def run_scenario_in() -> Callable[..., Scenario]:
 
 @pytest.fixture
 def start_scenario(tmp_path):
-    """``start_scenario(module, name, args=None, env=None, launcher=None)``: start a scenario that the test signals.
+    """``start_scenario(module, name, args=None, env=None, launcher=None, stdin=None)``: start a scenario to signal.
 
     As ``run_scenario``, without waiting; its process tree is killed at teardown. ``launcher`` prefixes the command
-    (e.g. the ``composer`` launcher and its options) instead of ``python``.
+    (e.g. the ``composer`` launcher and its options) instead of ``python``; ``stdin`` is Popen's (e.g. a pipe).
     """
     procs: list[subprocess.Popen] = []
 
@@ -135,12 +135,14 @@ def start_scenario(tmp_path):
         args: Optional[dict] = None,
         env: Optional[dict[str, str]] = None,
         launcher: Optional[list[str]] = None,
+        stdin: Optional[int] = None,
     ) -> subprocess.Popen:
         proc = subprocess.Popen(
             [*(launcher or [sys.executable]), *_scenario_command(module, name, args)],
             env=_env(env),
             cwd=tmp_path,
             preexec_fn=_sigint_at_its_default,
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -149,6 +149,16 @@ def test_resume_after_preemption_equals_the_uninterrupted_run(
     _assert_same_weights(reference_weights, tmp_path / 'weights_resumed.pt')
 
 
+def test_the_preemption_names_are_still_importable_from_signal_handling():
+    """Releases before 0.32.1+signals.5 had them in ``composer.utils.signal_handling``: they stay importable there."""
+    from composer.utils import preemption
+    from composer.utils.signal_handling import StopRequest, handle_preemption  # the old import path
+
+    assert StopRequest is preemption.StopRequest and handle_preemption is preemption.handle_preemption
+    import composer.utils.signal_handling as signal_handling
+    assert all(getattr(signal_handling, name) is getattr(preemption, name) for name in preemption.__all__)
+
+
 def test_request_stop_from_another_thread_returns_with_a_checkpoint(run_scenario, marks, checkpoints, tmp_path):
     scenario = run_scenario(MODULE, 'request_stop_from_another_thread')
     assert scenario.returncode == 0, scenario

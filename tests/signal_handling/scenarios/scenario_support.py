@@ -227,6 +227,20 @@ def block_in_c() -> None:
     libc.pthread_cond_wait(condition, mutex)
 
 
+def read_stdin_in_a_native_exit_handler() -> None:
+    """At the very end of the process, after Python's finalization, wait in C until stdin is closed.
+
+    The C library runs the exit handlers registered with ``__cxa_atexit`` when ``exit()`` is called, after the
+    interpreter has finalized (as native libraries' teardown runs then); this one is ``getchar()``. A test sees the
+    process in that window when its main thread reads from fd 0 (``/proc/<pid>/syscall``), signals it there and then
+    closes its stdin to let it exit.
+    """
+    import ctypes
+    libc = ctypes.CDLL(None)
+    if libc.__cxa_atexit(ctypes.cast(libc.getchar, ctypes.c_void_p), None, None) != 0:
+        raise RuntimeError('__cxa_atexit failed')
+
+
 #: What the scenario returned, and the traceback of what it raised: both live until the interpreter exits, as a
 #: script's globals would (a trainer left open closes in the exit hooks, not when the scenario's function ends).
 _kept: list[Any] = []

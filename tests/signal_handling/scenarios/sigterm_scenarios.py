@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any, Optional
 
-from scenario_support import RANK, main, make_trainer
+from scenario_support import RANK, main, make_trainer, read_stdin_in_a_native_exit_handler
 
 from composer import Callback
 
@@ -40,8 +40,19 @@ def long_fit(
     trainer_kwargs: Optional[dict[str, Any]] = None,
     marker_dir: str = '.',
     users_handler_exits: Optional[int] = None,
+    read_stdin_at_exit: bool = False,
 ) -> None:
-    """Fit for 100000 batches; with ``users_handler_exits``, a SIGTERM handler of the user's exits with that code."""
+    """Fit for 100000 batches.
+
+    Args:
+        trainer_kwargs: the Trainer's arguments.
+        marker_dir: where :class:`Recorder` writes its markers.
+        users_handler_exits: a SIGTERM handler of the user's exits with that code.
+        read_stdin_at_exit: after finalization, the process waits in C until its stdin is closed
+            (:func:`~scenario_support.read_stdin_in_a_native_exit_handler`).
+    """
+    if read_stdin_at_exit:
+        read_stdin_in_a_native_exit_handler()
     if users_handler_exits is not None:
 
         def users_handler(signum, frame):
