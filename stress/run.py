@@ -16,6 +16,14 @@ group, after a random delay. Then it checks:
 - a new run with ``autoresume`` starts from that checkpoint and ends with the same weights, bit for bit, as a
   run that was never interrupted.
 
+Sharded runs (``fsdp2``: FSDP2 on 2 ranks under the launcher, ``FSDP_VERSION=2``, sharded checkpoints, each a folder
+of one ``__{rank}_0.distcp`` per rank and ``.metadata``) get SIGKILL or SIGTERM inside a batch or during a sharded
+save: every rank's shard file half-written (``shard_write``), the shards complete but ``.metadata`` not yet in place
+(``shard_metadata``), or the folder complete but ``latest-rank0.pt`` not yet pointing to it (``shard_link``). Besides
+the checks above: every ``latest-rank*.pt`` points to a complete folder (``.metadata`` and every rank's shard) that
+loads, never to a partial one; and after the resume, which saves the batches of any partial folder again, every
+folder is complete and loads, holding the batch its name says. Their run numbers start at 10000.
+
 Seeded and reproducible: run ``i`` of seed ``s`` always gets the same launch, mode, signal, moment, target and delays
 (``--seed s --run i`` replays it, keeping its folder under ``build/stress/``). A summary table and
 ``build/stress/summary.json`` report the outcome counts; any violation makes the exit status 1.
@@ -53,13 +61,22 @@ SIGNALS = ('SIGTERM', 'SIGINT', 'double', 'SIGKILL')
 MOMENTS = ('before_fit', 'batch', 'eval', 'checkpoint', 'close')
 DOUBLES = (('SIGTERM', 'SIGTERM'), ('SIGINT', 'SIGINT'), ('SIGTERM', 'SIGINT'))
 
+#: The sharded runs' cells (launch ``fsdp2``); run ``SHARDED_BASE + k`` covers cell ``k % 16`` of their seeded shuffle.
+SHARDED_LAUNCH = 'fsdp2'
+SHARDED_SIGNALS = ('SIGKILL', 'SIGTERM')
+SHARDED_MOMENTS = ('batch', 'shard_write', 'shard_metadata', 'shard_link')
+SHARDED_BASE = 10_000
+#: The moments that only rank 0 holds (it alone writes the monolithic checkpoint, the ``.metadata``, the symlink).
+RANK_0_MOMENTS = ('checkpoint', 'shard_metadata', 'shard_link')
+SHARD_FILES = ('.metadata', '__0_0.distcp', '__1_0.distcp')
+
 PAUSE = 1.0  # seconds the worker holds still at the moment; the signal comes within its first half
 DEADLINE = 90.0  # seconds from the first signal to the exit of the run (the launcher's clean-up timeout is 30 s)
 RESUME_DEADLINE = 180.0
 SURVIVOR_GRACE = 10.0  # seconds for the processes of a run to disappear after it ended
 
 #: Batches per epoch (64 samples, batch size 4, per rank) and the worker's checkpoint and evaluation intervals.
-BATCHES = {'1proc': 16, '2ranks': 8}
+BATCHES = {'1proc': 16, '2ranks': 8, SHARDED_LAUNCH: 8}
 EPOCHS, SAVE_INTERVAL, EVAL_INTERVAL = 2, 3, 5
 
 #: The documented exit status of the run (the process, or the ``composer`` launcher), per launch and first signal.
@@ -78,6 +95,8 @@ EXPECTED = {
     ('2ranks', 'SIGINT'): {1, 143, 241},
     ('1proc', 'SIGKILL'): {-9},
     ('2ranks', 'SIGKILL'): {-9},
+    (SHARDED_LAUNCH, 'SIGTERM'): {143},
+    (SHARDED_LAUNCH, 'SIGKILL'): {-9},
 }
 
 
@@ -113,6 +132,8 @@ class Result:
     interrupted_batch: Optional[int] = None
     resumed_from: Optional[int] = None
     lost_batches: Optional[int] = None
+    partial_folders: Optional[list[str]] = None  # sharded: the checkpoint folders that the signal left incomplete
+    seconds: Optional[float] = None  # the whole run: training, signal, checks and resume
     violations: list[str] = field(default_factory=list)
 
 
@@ -120,11 +141,28 @@ def cells() -> list[tuple[str, str, str, str]]:
     return list(itertools.product(LAUNCHES, MODES, SIGNALS, MOMENTS))
 
 
+def sharded_cells() -> list[tuple[str, str, str, str]]:
+    return list(itertools.product((SHARDED_LAUNCH,), MODES, SHARDED_SIGNALS, SHARDED_MOMENTS))
+
+
+def _cell_order(seed: int, sharded: bool) -> list[tuple[str, str, str, str]]:
+    if not sharded:
+        order = cells()
+        random.Random(seed).shuffle(order)
+    else:
+        order = sharded_cells()
+        random.Random(f'{seed}-sharded').shuffle(order)
+    return order
+
+
 def make_plan(seed: int, index: int) -> Plan:
-    """Run ``index`` covers cell ``index % 80`` of a seeded shuffle of all cells; its details come from its own RNG."""
-    order = cells()
-    random.Random(seed).shuffle(order)
-    launch, mode, kind, moment = order[index % len(order)]
+    """Run ``index`` covers cell ``index % 80`` of a seeded shuffle of all cells; its details come from its own RNG.
+
+    A sharded run (``index >= SHARDED_BASE``) covers cell ``(index - SHARDED_BASE) % 16`` of the sharded cells.
+    """
+    sharded = index >= SHARDED_BASE
+    order = _cell_order(seed, sharded)
+    launch, mode, kind, moment = order[(index - SHARDED_BASE if sharded else index) % len(order)]
     rng = random.Random(f'{seed}-{index}')
     per_epoch = BATCHES[launch]
     total = per_epoch * EPOCHS
@@ -132,7 +170,7 @@ def make_plan(seed: int, index: int) -> Plan:
         at = rng.randrange(0, total - 1)  # the batch in flight has count `at`; not the last one
     elif moment == 'eval':
         at = rng.choice(range(EVAL_INTERVAL, total - 1, EVAL_INTERVAL))
-    elif moment == 'checkpoint':
+    elif moment == 'checkpoint' or moment.startswith('shard_'):
         at = rng.choice(range(SAVE_INTERVAL, total - 1, SAVE_INTERVAL))
     else:
         at = -1
@@ -154,6 +192,39 @@ def make_plan(seed: int, index: int) -> Plan:
     )
 
 
+def quick_runs(seed: int) -> list[int]:
+    """``--quick``'s runs: few of the 80 cells, but every kind (a seeded choice: over seeds every cell comes up).
+
+    Greedily, in the seeded order, the runs that cover what is not covered yet: every moment and every signal kind
+    under each launch, each mode under each launch and with each signal kind, and per launch one run whose
+    ``save_on_preemption`` checkpoint must hold exactly the interrupted batch. Ten or eleven runs.
+    """
+    order = _cell_order(seed, sharded=False)
+
+    def kinds(index: int) -> set[tuple]:
+        launch, mode, kind, moment = order[index]
+        covered = {('moment', launch, moment), ('signal', launch, kind), ('mode', launch, mode), ('mode', mode, kind)}
+        if expected_stop_batch(make_plan(seed, index)) is not None:
+            covered.add(('stop', launch))
+        return covered
+
+    needed = set().union(*(kinds(index) for index in range(len(order))))
+    chosen: list[int] = []
+    while needed:
+        best = max(range(len(order)), key=lambda index: (len(kinds(index) & needed), -index))
+        chosen.append(best)
+        needed -= kinds(best)
+    return sorted(chosen)
+
+
+def quick_sharded_runs(seed: int) -> list[int]:
+    """``--quick``'s sharded runs: a SIGKILL during a sharded save, and a ``save_on_preemption`` SIGTERM."""
+    order = _cell_order(seed, sharded=True)
+    kill = next(k for k, c in enumerate(order) if c[2] == 'SIGKILL' and c[3].startswith('shard_'))
+    stop = next(k for k, c in enumerate(order) if c[1] == 'preempt' and c[2] == 'SIGTERM')
+    return sorted({SHARDED_BASE + kill, SHARDED_BASE + stop})
+
+
 def expected_codes(plan: Plan) -> set[int]:
     first = plan.signals[0]
     codes = set(EXPECTED[(plan.launch, first)])
@@ -173,11 +244,12 @@ def expected_stop_batch(plan: Plan) -> Optional[int]:
     stops after that batch. Several ranks: the stop is agreed in the all-reduce after each batch, so a signal after
     that all-reduce (evaluation, checkpoint) stops after the next batch.
     """
-    if plan.mode != 'preempt' or plan.signals != ['SIGTERM'] or plan.moment not in ('batch', 'eval', 'checkpoint'):
+    during_fit = ('batch', 'eval', 'checkpoint', *SHARDED_MOMENTS)
+    if plan.mode != 'preempt' or plan.signals != ['SIGTERM'] or plan.moment not in during_fit:
         return None
     if plan.moment == 'batch':
         return plan.at + 1
-    return plan.at + (1 if plan.launch == '2ranks' else 0)
+    return plan.at + (1 if plan.launch != '1proc' else 0)
 
 
 def _free_port() -> int:
@@ -187,7 +259,7 @@ def _free_port() -> int:
 
 
 def _command(plan_launch: str, run_dir: Path, worker_args: list[str]) -> list[str]:
-    worker = [str(WORKER), *worker_args]
+    worker = [str(WORKER), *worker_args, *(['--sharded'] if plan_launch == SHARDED_LAUNCH else [])]
     if plan_launch == '1proc':
         return [sys.executable, *worker]
     launcher = os.path.join(os.path.dirname(sys.executable), 'composer')
@@ -205,6 +277,8 @@ def _sigint_at_its_default() -> None:
 
 def _start(launch: str, run_dir: Path, worker_args: list[str], tag: str, log_name: str) -> subprocess.Popen:
     env = dict(os.environ, STORM_TAG=tag, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    if launch == SHARDED_LAUNCH:
+        env['FSDP_VERSION'] = '2'  # FSDP1 needs CUDA; FSDP2 runs on CPU ranks
     with open(run_dir / f'{log_name}.log', 'wb') as log:
         return subprocess.Popen(
             _command(launch, run_dir, worker_args),
@@ -269,9 +343,27 @@ def _send(proc: subprocess.Popen, target: str, name: str) -> None:
 
 
 def _checkpoint_batch(path: Path) -> int:
+    """The batch a checkpoint holds: a file, or a sharded folder (read back into one file, as one process can)."""
+    import tempfile
+
     import torch
-    state = torch.load(path, map_location='cpu', weights_only=False)
+    if path.is_dir():
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+        with tempfile.TemporaryDirectory() as scratch:
+            dcp_to_torch_save(path, os.path.join(scratch, 'checkpoint.pt'))
+            state = torch.load(os.path.join(scratch, 'checkpoint.pt'), map_location='cpu', weights_only=False)
+    else:
+        state = torch.load(path, map_location='cpu', weights_only=False)
     return int(state['state']['timestamp']['Timestamp']['batch'])
+
+
+def _sharded_folders(folder: Path) -> tuple[list[str], list[str]]:
+    """The complete (``.metadata`` and every rank's shard) and the partial checkpoint folders in ``folder``."""
+    complete, partial = [], []
+    for path in sorted(folder.glob('ep*-ba*')) if folder.is_dir() else []:
+        if path.is_dir() and not path.is_symlink():
+            (complete if all((path / name).exists() for name in SHARD_FILES) else partial).append(path.name)
+    return complete, partial
 
 
 def _same_weights(a: Path, b: Path) -> list[str]:
@@ -282,11 +374,18 @@ def _same_weights(a: Path, b: Path) -> list[str]:
     return [name for name in first if not torch.equal(first[name], second[name])]
 
 
-def reference_weights(launch: str, out: Path) -> Path:
+def _weights(launch: str, run_dir: Path, role: str) -> list[Path]:
+    """The final weights a run saves: rank 0's, or every rank's shards of them when sharded."""
+    if launch == SHARDED_LAUNCH:
+        return [run_dir / f'weights-{role}.rank{rank}.pt' for rank in range(2)]
+    return [run_dir / f'weights-{role}.pt']
+
+
+def reference_weights(launch: str, out: Path) -> list[Path]:
     """An uninterrupted run per launch, once per output folder."""
     run_dir = out / f'reference-{launch}'
-    weights = run_dir / 'weights-reference.pt'
-    if weights.exists():
+    weights = _weights(launch, run_dir, 'reference')
+    if all(path.exists() for path in weights):
         return weights
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -297,12 +396,75 @@ def reference_weights(launch: str, out: Path) -> Path:
         proc.wait(timeout=RESUME_DEADLINE)
     except subprocess.TimeoutExpired:
         _kill_all(proc, tag)
-    if proc.returncode != 0 or not weights.exists():
+    if proc.returncode != 0 or not all(path.exists() for path in weights):
         raise SystemExit(f'the uninterrupted reference run failed ({proc.returncode}); see {run_dir}/reference.log')
     return weights
 
 
 def run_one(plan: Plan, out: Path) -> Result:
+    started = time.monotonic()
+    result = _run_one(plan, out)
+    result.seconds = round(time.monotonic() - started, 1)
+    return result
+
+
+def _check_latest_sharded(folder: Path, result: Result) -> None:
+    """Every ``latest-rank*.pt`` points to a complete sharded folder that loads; one exists once a folder is linked.
+
+    The symlink is what makes a folder the checkpoint: a kill at ``shard_link`` leaves the held folder complete but not
+    yet linked (``latest`` still the previous folder, or absent before the first one), as it should.
+    """
+    complete, partial = _sharded_folders(folder)
+    result.partial_folders = partial
+    links = sorted(folder.glob('latest-rank*.pt')) if folder.is_dir() else []
+    plan = result.plan
+    unlinked = {name for name in complete if plan.moment == 'shard_link' and name.endswith(f'-ba{plan.at}')}
+    if set(complete) - unlinked and not (folder / 'latest-rank0.pt').exists():
+        result.violations.append(f'complete checkpoint folders {complete} but no latest-rank0.pt')
+    for link in links:
+        target = os.readlink(link) if link.is_symlink() else '(not a symlink)'
+        if os.path.basename(os.path.normpath(target)) not in complete:
+            result.violations.append(f'{link.name} -> {target}: not a complete folder (partial: {partial})')
+            continue
+        try:
+            batch = _checkpoint_batch(link)
+        except Exception as e:  # noqa: BLE001 - any failure to load is the violation
+            result.violations.append(f'{link.name} -> {target} does not load: {e!r}')
+            continue
+        if link.name == 'latest-rank0.pt':
+            result.checkpoint_batch = batch
+
+
+def _check_sharded_after_resume(folder: Path, result: Result) -> None:
+    """After the resume every folder is complete, loads and holds its batch (a partial one was saved again)."""
+    complete, partial = _sharded_folders(folder)
+    if partial:
+        result.violations.append(
+            f'resume: partial checkpoint folders left {partial} (before: {result.partial_folders})',
+        )
+    for name in complete:
+        try:
+            batch = _checkpoint_batch(folder / name)
+        except Exception as e:  # noqa: BLE001 - any failure to load is the violation
+            result.violations.append(f'resume: {name} does not load: {e!r}')
+            continue
+        if f'-ba{batch}' != name[name.index('-ba'):]:
+            result.violations.append(f'resume: {name} holds batch {batch}')
+
+
+def _resume_batches(plan: Plan, complete: list[str], result: Result) -> set[int]:
+    """Where the resume may start: from ``latest``'s batch (0 without one).
+
+    Sharded, killed before the first folder was linked: also from that complete folder, where autoresume falls back
+    to the newest complete checkpoint when ``latest`` is missing (fork 0.32.1+signals.6).
+    """
+    batches = {result.checkpoint_batch or 0}
+    if plan.launch == SHARDED_LAUNCH and result.checkpoint_batch is None and complete:
+        batches.add(max(int(name[name.index('-ba') + 3:]) for name in complete))
+    return batches
+
+
+def _run_one(plan: Plan, out: Path) -> Result:
     result = Result(plan)
     run_dir = out / f'run-{plan.seed}-{plan.index:04d}'
     if run_dir.exists():
@@ -316,7 +478,7 @@ def run_one(plan: Plan, out: Path) -> Result:
     violations = result.violations
 
     # Wait until every rank that holds the moment is there, then signal.
-    holding = 1 if plan.moment == 'checkpoint' or plan.launch == '1proc' else 2
+    holding = 1 if plan.moment in RANK_0_MOMENTS or plan.launch == '1proc' else 2
     moment = None
     wait_until = time.monotonic() + RESUME_DEADLINE
     while moment is None and proc.poll() is None and time.monotonic() < wait_until:
@@ -355,16 +517,18 @@ def run_one(plan: Plan, out: Path) -> Result:
             count = sum(1 for e in events if e['event'] == name and e['rank'] == rank)
             if count > 1:
                 violations.append(f'rank {rank}: callback {name}() ran {count} times')
-    if plan.moment in ('batch', 'eval', 'checkpoint'):
+    if plan.moment in ('batch', 'eval', 'checkpoint', *SHARDED_MOMENTS):
         result.interrupted_batch = moment['batch'] + (1 if plan.moment == 'batch' else 0)
 
     # The checkpoint autoresume picks.
     folder = run_dir / 'checkpoints'
     complete = sorted(folder.glob('ep*-ba*-rank0.pt')) if folder.is_dir() else []
     latest = folder / 'latest-rank0.pt'
-    if complete and not latest.exists():
+    if plan.launch == SHARDED_LAUNCH:
+        _check_latest_sharded(folder, result)
+    elif complete and not latest.exists():
         violations.append(f'complete checkpoints {[p.name for p in complete]} but no latest-rank0.pt')
-    if latest.exists():
+    if latest.exists() and plan.launch != SHARDED_LAUNCH:
         try:
             result.checkpoint_batch = _checkpoint_batch(latest)
         except Exception as e:  # noqa: BLE001 - any failure to load is the violation
@@ -378,6 +542,7 @@ def run_one(plan: Plan, out: Path) -> Result:
         result.lost_batches = max(0, result.interrupted_batch - (result.checkpoint_batch or 0))
 
     # Resume and compare with the uninterrupted run.
+    folder_before_resume = _sharded_folders(folder)[0] if plan.launch == SHARDED_LAUNCH else []
     resume_tag = uuid.uuid4().hex
     resume = _start(plan.launch, run_dir, ['--role', 'resume'], resume_tag, 'resume')
     try:
@@ -390,12 +555,16 @@ def run_one(plan: Plan, out: Path) -> Result:
     result.resumed_from = starts[0] if starts else None
     if resume.returncode != 0:
         violations.append(f'resume: exit status {resume.returncode}; see {run_dir}/resume.log')
-    elif result.resumed_from != (result.checkpoint_batch or 0):
+    elif result.resumed_from not in _resume_batches(plan, folder_before_resume, result):
         violations.append(f'resume started at batch {result.resumed_from}, latest holds {result.checkpoint_batch}')
     else:
-        different = _same_weights(run_dir / 'weights-resume.pt', reference_weights(plan.launch, out))
-        if different:
-            violations.append(f'resumed weights differ from the uninterrupted run: {different}')
+        pairs = zip(_weights(plan.launch, run_dir, 'resume'), reference_weights(plan.launch, out))
+        for resumed, reference in pairs:
+            different = _same_weights(resumed, reference)
+            if different:
+                violations.append(f'resumed weights ({resumed.name}) differ from the uninterrupted run: {different}')
+    if plan.launch == SHARDED_LAUNCH and resume.returncode == 0:
+        _check_sharded_after_resume(folder, result)
     survivors = _survivors(resume_tag)
     if survivors:
         violations.append(f'processes survived the resume: {survivors}')
@@ -464,7 +633,17 @@ def race_rounds(seed: int, rounds: int, out: Path) -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--runs', type=int, default=200, help='number of runs (default 200: every cell 2-3 times)')
-    parser.add_argument('--quick', action='store_true', help='20 runs (CI)')
+    parser.add_argument(
+        '--quick',
+        action='store_true',
+        help='CI: 10-11 runs that cover every kind (quick_runs), 2 sharded runs and one race round',
+    )
+    parser.add_argument(
+        '--sharded-runs',
+        type=int,
+        default=16,
+        help='FSDP2 sharded runs after the others (default 16: every sharded cell once)',
+    )
     parser.add_argument('--seed', type=int, default=None, help='default: random, printed')
     parser.add_argument('--run', type=int, default=None, help='replay this one run of --seed')
     parser.add_argument('--out', type=Path, default=OUT)
@@ -472,12 +651,17 @@ def main() -> int:
     parser.add_argument('--race-rounds', type=int, default=None, help='race stress repeats (default 5, quick 1)')
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
-    runs = [args.run] if args.run is not None else list(range(20 if args.quick else args.runs))
+    if args.run is not None:
+        runs = [args.run]
+    elif args.quick:
+        runs = quick_runs(seed) + quick_sharded_runs(seed)
+    else:
+        runs = list(range(args.runs)) + [SHARDED_BASE + k for k in range(args.sharded_runs)]
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     print(f'signal storm: seed {seed}, {len(runs)} run(s); replay one: `make stress SEED={seed} RUN=<i>`', flush=True)
     started = time.monotonic()
-    for launch in LAUNCHES:  # before the runs start in parallel
+    for launch in sorted({make_plan(seed, index).launch for index in runs}):  # before the runs start in parallel
         reference_weights(launch, out)
 
     def run_and_report(index: int) -> Result:

@@ -5,9 +5,16 @@ the harness's signal lands at that moment (a checkpoint write is held half-writt
 the checkpoint ``autoresume`` picks (or from scratch) to the end; ``reference`` trains uninterrupted. Every rank
 appends what the harness checks to ``events.jsonl``: the moment, callback closes, how ``fit()`` ended, where a
 resumed fit started. ``train`` and ``resume`` must end with the same weights as ``reference`` (CPU, bit for bit).
+
+``--sharded``: FSDP2 (the harness sets ``FSDP_VERSION=2``) with sharded checkpoints, each a folder of one
+``__{rank}_0.distcp`` per rank and ``.metadata``; the moments of a sharded save are ``shard_write`` (every rank's
+shard file held half-written, no ``.metadata``), ``shard_metadata`` (the shards complete, rank 0's ``.metadata.tmp``
+written but not yet renamed to ``.metadata``) and ``shard_link`` (the folder complete, ``latest-rank0.pt`` not yet
+pointing to it). Each rank saves its own shards of the final weights.
 """
 
 import argparse
+import glob
 import io
 import json
 import os
@@ -41,9 +48,13 @@ def event(name: str, **values) -> None:
         os.close(fd)
 
 
+#: The moments that only rank 0 reaches: its monolithic checkpoint write, the sharded ``.metadata`` and the symlink.
+RANK_0_MOMENTS = ('checkpoint', 'shard_metadata', 'shard_link')
+
+
 def holders(moment: str) -> int:
-    """How many ranks hold at ``moment``: every rank, except for a checkpoint write (rank 0 writes it)."""
-    return 1 if moment == 'checkpoint' else int(os.environ.get('WORLD_SIZE', '1'))
+    """How many ranks hold at ``moment``: every rank, except where only rank 0 writes (:data:`RANK_0_MOMENTS`)."""
+    return 1 if moment in RANK_0_MOMENTS else int(os.environ.get('WORLD_SIZE', '1'))
 
 
 def _events() -> list[dict]:
@@ -118,9 +129,62 @@ def install_half_written_checkpoint(callback: Storm, trainer: Trainer) -> None:
     torch.save = save
 
 
+def install_sharded_save_moments(callback: Storm, trainer: Trainer) -> None:
+    """Hold the sharded save of batch ``callback.at`` at ``callback.moment`` (see the module's docstring)."""
+    from torch.distributed.checkpoint import filesystem
+
+    def holding(moment: str) -> bool:
+        return callback.moment == moment and int(trainer.state.timestamp.batch) == callback.at
+
+    real_write_data = filesystem.FileSystemWriter.write_data
+
+    def write_data(self, plan, planner):
+        written = real_write_data(self, plan, planner)
+        if holding('shard_write'):
+            written.wait()
+            shards = sorted(glob.glob(os.path.join(self.path, f'__{RANK}_*.distcp')))
+            contents = {path: Path(path).read_bytes() for path in shards}
+            for path, data in contents.items():
+                with open(path, 'r+b') as f:
+                    f.truncate(len(data) // 2)
+            callback.hold(trainer.state, 'shard_write', files=[os.path.basename(path) for path in shards])
+            for path, data in contents.items():
+                Path(path).write_bytes(data)
+        return written
+
+    real_rename = filesystem.FileSystem.rename
+
+    def rename(self, path, new_path):
+        if os.path.basename(new_path) == '.metadata' and holding('shard_metadata'):
+            callback.hold(trainer.state, 'shard_metadata', file=str(path))
+        return real_rename(self, path, new_path)
+
+    real_symlink = os.symlink
+
+    def symlink(src, dst, *args, **kwargs):
+        if 'latest' in os.path.basename(dst) and holding('shard_link'):
+            callback.hold(trainer.state, 'shard_link', target=str(src))
+        return real_symlink(src, dst, *args, **kwargs)
+
+    filesystem.FileSystemWriter.write_data = write_data
+    filesystem.FileSystem.rename = rename
+    os.symlink = symlink
+
+
+def local_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """This rank's model weights: its shards of them when sharded."""
+    from torch.distributed.tensor import DTensor
+    return {
+        name: value.to_local() if isinstance(value, DTensor) else value
+        for name, value in trainer.state.model.state_dict().items()
+    }
+
+
 def make_trainer(args: argparse.Namespace, callback: Storm) -> Trainer:
     """The tests' ``deterministic`` run, with 2 DataLoader workers, evaluation and periodic checkpoints."""
     kwargs = {}
+    if args.sharded:
+        kwargs['parallelism_config'] = {'fsdp': {'state_dict_type': 'sharded'}}
     if args.role != 'reference':
         kwargs.update(save_folder='checkpoints', save_interval=f'{SAVE_INTERVAL}ba', autoresume=True)
     else:
@@ -148,11 +212,14 @@ def main() -> None:
     parser.add_argument('--moment', default='none')
     parser.add_argument('--at', type=int, default=-1)
     parser.add_argument('--pause', type=float, default=0.0)
+    parser.add_argument('--sharded', action='store_true', help='FSDP2 with sharded checkpoints (FSDP_VERSION=2)')
     args = parser.parse_args()
 
     callback = Storm(args.moment if args.role == 'train' else 'none', args.at, args.pause)
     trainer = make_trainer(args, callback)
     install_half_written_checkpoint(callback, trainer)
+    if args.sharded:
+        install_sharded_save_moments(callback, trainer)
     if callback.moment == 'before_fit':
         callback.hold(trainer.state, 'before_fit')
     try:
@@ -168,7 +235,9 @@ def main() -> None:
         raise
     event('exit', how='returned', batch=int(trainer.state.timestamp.batch))
     callback.fit_done = True
-    if RANK == 0:
+    if args.sharded:
+        torch.save(local_weights(trainer), f'weights-{args.role}.rank{RANK}.pt')
+    elif RANK == 0:
         torch.save(trainer.state.model.state_dict(), f'weights-{args.role}.pt')
     trainer.close()
     event('closed')
