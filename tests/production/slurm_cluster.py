@@ -75,10 +75,9 @@ def _install() -> Optional[str]:
 
 
 def _node_line() -> str:
-    """This machine as a ``NodeName`` line of ``slurm.conf``, from ``slurmd -C`` (real CPUs and memory)."""
+    """This machine as a ``NodeName`` line of ``slurm.conf``, from ``slurmd -C`` (its name, real CPUs and memory)."""
     out = subprocess.run(['slurmd', '-C'], capture_output=True, text=True, timeout=60, check=True).stdout
-    line = next(line for line in out.splitlines() if line.startswith('NodeName='))
-    return line
+    return next(line for line in out.splitlines() if line.startswith('NodeName='))
 
 
 class SlurmCluster:
@@ -90,7 +89,8 @@ class SlurmCluster:
 
     def __init__(self, root: Path):
         self.root = root
-        self.node = socket.gethostname()
+        self.node_line = _node_line()
+        self.node = self.node_line.split()[0].split('=', 1)[1]  # the name slurmd finds for itself
         self.conf = root / 'slurm.conf'
         self.env = dict(os.environ, SLURM_CONF=str(self.conf), PYTHONUNBUFFERED='1')
         self.env.pop('COMPOSER_SIGNAL_HANDLING', None)
@@ -167,7 +167,7 @@ class SlurmCluster:
             KillWait={KILL_WAIT}
             MinJobAge={MIN_JOB_AGE}
             ReturnToService=2
-            {_node_line()} NodeAddr=127.0.0.1 State=UNKNOWN
+            {self.node_line} NodeAddr=127.0.0.1 State=UNKNOWN
             PartitionName=tests Nodes={self.node} Default=YES MaxTime=INFINITE OverSubscribe=FORCE:4 State=UP
             """,
         )
