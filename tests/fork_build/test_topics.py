@@ -116,7 +116,7 @@ def test_the_lifecycle_files_know_nothing_of_preemption_and_the_checkpoint_topic
         for rel in by_name[name].own_files:
             assert 'signal_handling' not in (ROOT / rel).read_text(), rel
         for patch in by_name[name].patches:
-            assert 'signal' not in patch.diff, patch.name
+            assert 'signal_handling' not in patch.diff and 'import signal' not in patch.diff, patch.name
 
 
 def test_export_refuses_a_commit_that_mixes_files_of_ours_with_upstream_files_and_an_unowned_file(tmp_path, fork_copy):

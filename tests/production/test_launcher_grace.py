@@ -73,7 +73,13 @@ def test_a_larger_cleanup_timeout_lets_the_35_s_checkpoint_land_and_resume(
     tmp_path,
 ):
     proc, output = _preempt(
-        start_scenario, wait_for_files, finish, composer_launcher, tmp_path, '--cleanup_timeout', '120'
+        start_scenario,
+        wait_for_files,
+        finish,
+        composer_launcher,
+        tmp_path,
+        '--cleanup_timeout',
+        '120',
     )
     logs = rank_logs() + output
     assert 'Waiting up to 120 seconds for all training processes to terminate' in output, logs
@@ -89,12 +95,13 @@ def test_a_larger_cleanup_timeout_lets_the_35_s_checkpoint_land_and_resume(
     os.remove(tmp_path / 'slow-save')
     resumed = start_scenario(
         MODULE,
-        'preemptible_fit', {
+        'preemptible_fit',
+        {
             'save_seconds': 0,
             'tag': 'resumed',
-            'autoresume': True
+            'autoresume': True,
         },
-        launcher=composer_launcher()
+        launcher=composer_launcher(),
     )
     _, err = finish(resumed, timeout=300)
     assert resumed.returncode == 0, rank_logs() + err
