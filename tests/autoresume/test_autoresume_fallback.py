@@ -68,6 +68,14 @@ def _autoresume(folder: Path, caplog) -> tuple[int, list[str]]:
     return batch, warnings
 
 
+def _assert_resumed_with_one_warning(folder: Path, caplog, batch: int, *says: str) -> None:
+    """Autoresume starts from ``batch`` and logs exactly one warning, which contains each of ``says``."""
+    started_at, warnings = _autoresume(folder, caplog)
+    assert started_at == batch
+    assert len(warnings) == 1, warnings
+    assert [text for text in says if text not in warnings[0]] == [], warnings[0]
+
+
 def _truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[:len(data) // 2])  # a save killed half-way
@@ -83,29 +91,35 @@ def test_a_first_run_in_an_empty_folder_starts_from_scratch_without_a_warning(tm
 
 def test_a_missing_latest_link_resumes_from_the_newest_complete_checkpoint(folder, caplog):
     os.remove(folder / 'latest-rank0.pt')  # a sync tool or a file system without symlinks, a copied folder
-    batch, warnings = _autoresume(folder, caplog)
-    assert batch == 6
-    assert len(warnings) == 1, warnings
-    assert 'latest-rank0.pt is missing' in warnings[0]
-    assert f'resuming from {folder / "ep0-ba6-rank0.pt"} instead' in warnings[0]
+    _assert_resumed_with_one_warning(
+        folder,
+        caplog,
+        6,
+        'latest-rank0.pt is missing',
+        f'resuming from {folder / "ep0-ba6-rank0.pt"} instead',
+    )
 
 
 def test_a_dangling_latest_link_resumes_from_the_newest_complete_checkpoint(folder, caplog):
     os.remove(folder / 'ep0-ba6-rank0.pt')
-    batch, warnings = _autoresume(folder, caplog)
-    assert batch == 4
-    assert len(warnings) == 1, warnings
-    assert 'ep0-ba6-rank0.pt, but it does not exist' in warnings[0]
-    assert f'resuming from {folder / "ep0-ba4-rank0.pt"} instead' in warnings[0]
+    _assert_resumed_with_one_warning(
+        folder,
+        caplog,
+        4,
+        'ep0-ba6-rank0.pt, but it does not exist',
+        f'resuming from {folder / "ep0-ba4-rank0.pt"} instead',
+    )
 
 
 def test_a_latest_link_to_a_truncated_checkpoint_resumes_from_the_newest_complete_one(folder, caplog):
     _truncate(folder / 'ep0-ba6-rank0.pt')
-    batch, warnings = _autoresume(folder, caplog)
-    assert batch == 4
-    assert len(warnings) == 1, warnings
-    assert 'its save did not finish' in warnings[0]
-    assert f'resuming from {folder / "ep0-ba4-rank0.pt"} instead' in warnings[0]
+    _assert_resumed_with_one_warning(
+        folder,
+        caplog,
+        4,
+        'its save did not finish',
+        f'resuming from {folder / "ep0-ba4-rank0.pt"} instead',
+    )
 
 
 def test_the_newest_checkpoint_is_the_highest_batch_whatever_the_modification_times(folder, caplog):
@@ -117,11 +131,7 @@ def test_the_newest_checkpoint_is_the_highest_batch_whatever_the_modification_ti
 def test_without_a_complete_checkpoint_it_starts_from_scratch_and_says_so(folder, caplog):
     for batch in (2, 4, 6):
         _truncate(folder / f'ep0-ba{batch}-rank0.pt')
-    batch, warnings = _autoresume(folder, caplog)
-    assert batch == 0
-    assert len(warnings) == 1, warnings
-    assert 'training starts from scratch' in warnings[0]
-    assert 'ep0-ba6-rank0.pt' in warnings[0]
+    _assert_resumed_with_one_warning(folder, caplog, 0, 'training starts from scratch', 'ep0-ba6-rank0.pt')
 
 
 def test_files_that_are_not_the_runs_checkpoints_are_never_chosen(folder, caplog):

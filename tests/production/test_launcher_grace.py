@@ -15,16 +15,11 @@ import signal
 from pathlib import Path
 
 import pytest
-import torch
+from checks import assert_same_weights, checkpoint_batch  # this folder (conftest.py puts it on sys.path)
 
 SCENARIOS = Path(__file__).resolve().parent / 'scenarios'
 MODULE = str(SCENARIOS / 'grace_scenarios.py')
 SAVE_SECONDS = 35  # longer than the launcher's default clean-up timeout (30 s)
-
-
-def _batch_of(path: Path) -> int:
-    state = torch.load(path, map_location='cpu', weights_only=False)
-    return int(state['state']['timestamp']['Timestamp']['batch'])
 
 
 def _preempt(start_scenario, wait_for_files, finish, composer_launcher, tmp_path, *options: str) -> tuple:
@@ -59,7 +54,7 @@ def test_the_default_cleanup_timeout_cuts_a_35_s_checkpoint_and_the_previous_one
     assert proc.returncode != 143, logs
     checkpoints = tmp_path / 'checkpoints'
     assert sorted(p.name for p in checkpoints.glob('ep*.pt')) == ['ep0-ba2-rank0.pt'], logs
-    assert _batch_of(checkpoints / 'latest-rank0.pt') == 2, logs  # what autoresume would find
+    assert checkpoint_batch(checkpoints / 'latest-rank0.pt') == 2, logs  # what autoresume would find
 
 
 @pytest.mark.timeout(900)
@@ -90,7 +85,7 @@ def test_a_larger_cleanup_timeout_lets_the_35_s_checkpoint_land_and_resume(
     assert batch > 3, logs
     checkpoints = tmp_path / 'checkpoints'
     assert sorted(p.name for p in checkpoints.glob('ep*.pt')) == ['ep0-ba2-rank0.pt', f'ep0-ba{batch}-rank0.pt'], logs
-    assert _batch_of(checkpoints / 'latest-rank0.pt') == batch, logs
+    assert checkpoint_batch(checkpoints / 'latest-rank0.pt') == batch, logs
 
     os.remove(tmp_path / 'slow-save')
     resumed = start_scenario(
@@ -109,6 +104,4 @@ def test_a_larger_cleanup_timeout_lets_the_35_s_checkpoint_land_and_resume(
     reference = start_scenario(MODULE, 'uninterrupted_fit', launcher=composer_launcher())
     _, err = finish(reference, timeout=300)
     assert reference.returncode == 0, rank_logs() + err
-    first = torch.load(tmp_path / 'weights_resumed.pt', weights_only=True)
-    second = torch.load(tmp_path / 'weights_reference.pt', weights_only=True)
-    assert [name for name in first if not torch.equal(first[name], second[name])] == []
+    assert_same_weights(tmp_path / 'weights_reference.pt', tmp_path / 'weights_resumed.pt')

@@ -22,7 +22,6 @@ Runs: ``make_trainer('deterministic')`` (64 samples in batches of 4: 16 batches 
 on two ranks, two epochs). The scenarios are ``scenarios/s3_scenarios.py``.
 """
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -31,17 +30,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-import torch
-
-# The S3 fixtures, loaded by path (the tests run with --import-mode=importlib, without a package on sys.path).
-_spec = importlib.util.spec_from_file_location('_s3_server', Path(__file__).resolve().parent / 's3_server.py')
-assert _spec is not None and _spec.loader is not None
-_s3_server = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_s3_server)
-S3Bucket = _s3_server.S3Bucket
-moto_server = _s3_server.moto_server
-s3_bucket = _s3_server.s3_bucket
-stalling_proxy = _s3_server.stalling_proxy
+from checks import assert_same_weights, checkpoint_batch  # this folder (conftest.py puts it on sys.path)
+from s3_server import S3Bucket, moto_server, s3_bucket, stalling_proxy  # noqa: F401  (fixtures)
 
 MODULE = str(Path(__file__).resolve().parent / 'scenarios' / 's3_scenarios.py')
 
@@ -60,25 +50,13 @@ def _preemptible(bucket: S3Bucket, **kwargs) -> dict:
     }
 
 
-def _checkpoint_batch(path: Path) -> int:
-    state = torch.load(path, map_location='cpu', weights_only=False)
-    return int(state['state']['timestamp']['Timestamp']['batch'])
-
-
-def _assert_same_weights(a: Path, b: Path) -> None:
-    first, second = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
-    assert first.keys() == second.keys()
-    different = [name for name in first if not torch.equal(first[name], second[name])]
-    assert different == [], f'parameters differ from the uninterrupted run: {different}'
-
-
 def _assert_bucket_holds_only(bucket: S3Bucket, batch: int, tmp_path: Path, logs: str) -> None:
     """The bucket's run folder: the checkpoint of ``batch`` and the pointer naming it, nothing newer or partial."""
     checkpoint = f'run/ep0-ba{batch}-rank0.pt'
     assert bucket.keys('run/') == [checkpoint, POINTER], logs
     assert bucket.get(POINTER).decode() == checkpoint, logs
     assert bucket.uploads_in_progress() == {}, logs
-    assert _checkpoint_batch(bucket.download(checkpoint, tmp_path / 'downloaded' / Path(checkpoint).name)) == batch
+    assert checkpoint_batch(bucket.download(checkpoint, tmp_path / 'downloaded' / Path(checkpoint).name)) == batch
 
 
 def _sigkill_tree(proc: subprocess.Popen) -> None:
@@ -169,7 +147,7 @@ def test_sigterm_uploads_the_stop_checkpoint_and_an_empty_folder_resumes_bit_ide
     assert marks(tmp_path / 'resumed', 'fit_end') == {'rank0': ['32']}, err
     _, reference_err = finish(reference, timeout=150)
     assert reference.returncode == 0, reference_err
-    _assert_same_weights(tmp_path / 'reference' / 'weights_reference.pt', tmp_path / 'resumed' / 'weights_resumed.pt')
+    assert_same_weights(tmp_path / 'reference' / 'weights_reference.pt', tmp_path / 'resumed' / 'weights_resumed.pt')
 
 
 @pytest.mark.skipif(os.environ.get('COMPOSER_FORK_FULL') != '1', reason='three two-rank jobs: COMPOSER_FORK_FULL=1')
@@ -235,7 +213,7 @@ def test_composer_launcher_two_ranks_sigterm_to_one_rank_uploads_and_resumes_bit
     assert marks(tmp_path / 'resumed', 'fit_end') == {'rank0': ['16'], 'rank1': ['16']}, rank_logs()
     _, err = finish(reference, timeout=400)
     assert reference.returncode == 0, err
-    _assert_same_weights(tmp_path / 'reference' / 'weights_reference.pt', tmp_path / 'resumed' / 'weights_resumed.pt')
+    assert_same_weights(tmp_path / 'reference' / 'weights_reference.pt', tmp_path / 'resumed' / 'weights_resumed.pt')
 
 
 #: A model of 1M parameters (with Adam's state a 12.7 MB checkpoint): boto3 uploads it in two parts (8 MB each).
@@ -277,7 +255,7 @@ def test_sigkill_mid_upload_leaves_the_pointer_on_the_previous_complete_checkpoi
     # The pointer names batch 4's checkpoint, which is whole and loads; the interrupted one is no object.
     assert s3_bucket.keys('run/') == ['run/ep0-ba4-rank0.pt', POINTER]
     assert s3_bucket.get(POINTER).decode() == 'run/ep0-ba4-rank0.pt'
-    assert _checkpoint_batch(s3_bucket.download('run/ep0-ba4-rank0.pt', tmp_path / 'downloaded' / 'ba4.pt')) == 4
+    assert checkpoint_batch(s3_bucket.download('run/ep0-ba4-rank0.pt', tmp_path / 'downloaded' / 'ba4.pt')) == 4
     assert list(s3_bucket.uploads_in_progress()) == [in_flight]  # begun, never completed
 
     # A new run in an empty local folder resumes from batch 4, to the weights of an uninterrupted run.
@@ -312,4 +290,4 @@ def test_sigkill_mid_upload_leaves_the_pointer_on_the_previous_complete_checkpoi
     assert marks(tmp_path / 'resumed', 'fit_end') == {'rank0': ['8']}, err
     _, err = finish(reference, timeout=180)
     assert reference.returncode == 0, err
-    _assert_same_weights(tmp_path / 'reference' / 'weights_reference.pt', tmp_path / 'resumed' / 'weights_resumed.pt')
+    assert_same_weights(tmp_path / 'reference' / 'weights_reference.pt', tmp_path / 'resumed' / 'weights_resumed.pt')

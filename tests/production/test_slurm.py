@@ -29,7 +29,6 @@ The three preempted jobs (and the two chained ones) are submitted together, sinc
 time, and each is preempted as soon as both of its ranks train; the uninterrupted reference run starts afterwards.
 """
 
-import importlib.util
 import json
 import os
 import re
@@ -41,15 +40,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-import torch
-
-# The SLURM fixture, loaded by path (the tests run with --import-mode=importlib, without a package on sys.path).
-_spec = importlib.util.spec_from_file_location('_slurm_cluster', Path(__file__).resolve().parent / 'slurm_cluster.py')
-assert _spec is not None and _spec.loader is not None
-_slurm = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_slurm)
-slurm_cluster = _slurm.slurm_cluster
-SlurmCluster = _slurm.SlurmCluster
+from checks import assert_same_weights, checkpoint_batch  # this folder (conftest.py puts it on sys.path)
+from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401  (the fixture)
 
 SCENARIO = Path(__file__).resolve().parent / 'scenarios' / 'slurm_scenarios.py'
 COMPOSER = os.path.join(os.path.dirname(sys.executable), 'composer')
@@ -135,18 +127,6 @@ def _seconds(duration: str) -> int:
     return int(days or 0) * 86400 + hours * 3600 + minutes * 60 + seconds
 
 
-def _checkpoint_batch(path: Path) -> int:
-    state = torch.load(path, map_location='cpu', weights_only=False)
-    return int(state['state']['timestamp']['Timestamp']['batch'])
-
-
-def _assert_same_weights(a: Path, b: Path) -> None:
-    first, second = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
-    assert first.keys() == second.keys()
-    different = [name for name in first if not torch.equal(first[name], second[name])]
-    assert different == [], f'parameters differ from the uninterrupted run: {different}'
-
-
 def _assert_stopped_at_one_batch_and_checkpointed_it(
     directory: Path,
     save_folder: Path,
@@ -168,7 +148,7 @@ def _assert_stopped_at_one_batch_and_checkpointed_it(
     found = sorted(p.name for p in save_folder.iterdir())
     assert len(found) == 2 and re.fullmatch(rf'ep\d+-ba{batch}-rank0\.pt', found[0]), (found, logs)
     assert found[1] == 'latest-rank0.pt' and os.readlink(save_folder / 'latest-rank0.pt') == found[0], (found, logs)
-    assert _checkpoint_batch(save_folder / found[0]) == batch, logs
+    assert checkpoint_batch(save_folder / found[0]) == batch, logs
     return batch
 
 
@@ -373,4 +353,4 @@ def test_the_chained_job_resumes_from_the_checkpoint_to_the_uninterrupted_weight
     assert (info['JobState'], info['ExitCode']) == ('COMPLETED', '0:0'), (info, logs)
     assert marks(directory, 'batch')['rank0'][0] == str(job.stopped_at + 1), logs  # resumed, not started over
     assert marks(directory, 'fit_end') == {'rank0': [str(BATCHES)], 'rank1': [str(BATCHES)]}, logs
-    _assert_same_weights(reference(), directory / 'weights_resumed.pt')
+    assert_same_weights(reference(), directory / 'weights_resumed.pt')

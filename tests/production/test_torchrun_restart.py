@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-import torch
+from checks import assert_same_weights, checkpoint_batch  # this folder (conftest.py puts it on sys.path)
 
 SCENARIO = str(Path(__file__).resolve().parent / 'scenarios' / 'launcher_scenarios.py')
 BIN = Path(sys.executable).parent
@@ -66,18 +66,6 @@ def torchrun_command(port: int, max_restarts: int = MAX_RESTARTS) -> list[str]:
         '--rdzv-backend=c10d',
         f'--rdzv-endpoint=127.0.0.1:{port}',
     ]
-
-
-def _checkpoint_batch(path: Path) -> int:
-    state = torch.load(path, map_location='cpu', weights_only=False)
-    return int(state['state']['timestamp']['Timestamp']['batch'])
-
-
-def _assert_same_weights(a: Path, b: Path) -> None:
-    first, second = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
-    assert first.keys() == second.keys()
-    different = [name for name in first if not torch.equal(first[name], second[name])]
-    assert different == [], f'parameters differ from the uninterrupted run: {different}'
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
@@ -192,7 +180,7 @@ def test_torchrun_restarts_a_preempted_group_and_autoresume_ends_bit_identical(
     assert exits['rank0'][0] == exits['rank1'][0] == '143', logs
     saved = checkpoints(tmp_path / 'checkpoints')
     assert f'ep0-ba{batch}-rank0.pt' in saved, logs
-    assert _checkpoint_batch(tmp_path / 'checkpoints' / f'ep0-ba{batch}-rank0.pt') == batch
+    assert checkpoint_batch(tmp_path / 'checkpoints' / f'ep0-ba{batch}-rank0.pt') == batch
     # torchrun took the 143 for a failure and restarted the group.
     assert 'will restart worker group' in err, logs
 
@@ -223,4 +211,4 @@ def test_torchrun_restarts_a_preempted_group_and_autoresume_ends_bit_identical(
     assert stopped == {'rank0': [str(batch), '16'], 'rank1': [str(batch), '16']}, logs
     assert exits == {'rank0': ['143', 'returned'], 'rank1': ['143', 'returned']}, logs
     assert checkpoints(tmp_path / 'checkpoints') == [f'ep0-ba{batch}-rank0.pt', 'ep2-ba16-rank0.pt', 'latest-rank0.pt']
-    _assert_same_weights(reference_weights, tmp_path / 'weights_resumed.pt')
+    assert_same_weights(reference_weights, tmp_path / 'weights_resumed.pt')

@@ -20,28 +20,14 @@ The scenario is ``scenarios/launcher_scenarios.py``; the reference run and the h
 ``test_torchrun_restart.py`` (loaded by path: the tests run with --import-mode=importlib).
 """
 
-import importlib.util
 import os
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-
-_spec = importlib.util.spec_from_file_location(
-    '_torchrun_restart',
-    Path(__file__).resolve().parent / 'test_torchrun_restart.py',
-)
-assert _spec is not None and _spec.loader is not None
-_shared = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_shared)
-SCENARIO = _shared.SCENARIO
-BIN = _shared.BIN
-reference_weights = _shared.reference_weights
-_assert_same_weights = _shared._assert_same_weights
-_checkpoint_batch = _shared._checkpoint_batch
-_free_port = _shared._free_port
-_wait = _shared._wait
+from checks import assert_same_weights, checkpoint_batch  # this folder (conftest.py puts it on sys.path)
+from test_torchrun_restart import BIN, SCENARIO, _free_port, _wait, reference_weights  # noqa: F401  (a fixture)
 
 
 def node_command(node_rank: int, port: int, logs: Path) -> list[str]:
@@ -111,7 +97,7 @@ def test_sigterm_to_one_node_stops_both_at_one_batch_and_the_resume_is_bit_ident
     assert 3 <= batch < 16, logs  # the hold was at the end of batch 3; 16 batches per rank in all
     assert marks(tmp_path, 'exit') == {'rank0': ['143'], 'rank1': ['143']}, logs
     assert checkpoints(tmp_path / 'checkpoints') == [f'ep0-ba{batch}-rank0.pt', 'latest-rank0.pt'], logs
-    assert _checkpoint_batch(tmp_path / 'checkpoints' / 'latest-rank0.pt') == batch
+    assert checkpoint_batch(tmp_path / 'checkpoints' / 'latest-rank0.pt') == batch
     assert f'Preempted (SIGTERM): training stopped after batch {batch} on every rank' in logs
 
     resumed = two_nodes({
@@ -125,7 +111,7 @@ def test_sigterm_to_one_node_stops_both_at_one_batch_and_the_resume_is_bit_ident
     assert codes == [0, 0], logs
     assert marks(tmp_path, 'fit_start') == {'rank0': ['0 -', f'{batch} -'], 'rank1': ['0 -', f'{batch} -']}, logs
     assert marks(tmp_path, 'fit_end') == {'rank0': [str(batch), '16'], 'rank1': [str(batch), '16']}, logs
-    _assert_same_weights(reference_weights, tmp_path / 'weights_resumed.pt')
+    assert_same_weights(reference_weights, tmp_path / 'weights_resumed.pt')
 
 
 @pytest.mark.skipif(os.environ.get('COMPOSER_FORK_FULL') != '1', reason='2 more launcher starts: COMPOSER_FORK_FULL=1')
