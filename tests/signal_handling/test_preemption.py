@@ -152,7 +152,8 @@ def test_resume_after_preemption_equals_the_uninterrupted_run(
 def test_the_preemption_names_are_still_importable_from_signal_handling():
     """Releases before 0.32.1+signals.5 had them in ``composer.utils.signal_handling``: they stay importable there."""
     from composer.utils import preemption
-    from composer.utils.signal_handling import StopRequest, handle_preemption  # the old import path
+    # The old import path: the names are set there at run time, which a type checker cannot see.
+    from composer.utils.signal_handling import StopRequest, handle_preemption  # pyright: ignore
 
     assert StopRequest is preemption.StopRequest and handle_preemption is preemption.handle_preemption
     import composer.utils.signal_handling as signal_handling
