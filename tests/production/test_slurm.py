@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
+import slurm_cluster as _slurm
 from checks import assert_same_weights, checkpoint_batch  # this folder (conftest.py puts it on sys.path)
 from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401  (the fixture)
 
@@ -65,19 +66,6 @@ JOB_TIMEOUT = 300
 _ACTIVE = ('PENDING', 'CONFIGURING', 'RUNNING', 'COMPLETING', 'SUSPENDED')
 
 
-def _cleanup_timeout() -> list[str]:
-    """``--cleanup_timeout <GRACE - 10>`` where the installed launcher has the option (the fork's, from signals.6).
-
-    The README's advice: the launcher's clean-up timeout (30 s by default) bounds what the ranks get after SIGTERM, so
-    it is set to the grace period less a margin. Read from the launcher's source: importing Composer here would cost
-    seconds.
-    """
-    spec = importlib.util.find_spec('composer')
-    assert spec is not None and spec.submodule_search_locations is not None
-    launcher = Path(list(spec.submodule_search_locations)[0]) / 'cli' / 'launcher.py'
-    return ['--cleanup_timeout', str(GRACE - 10)] if '--cleanup_timeout' in launcher.read_text() else []
-
-
 def _submit(cluster: SlurmCluster, directory: Path, sbatch: list[str], fit: dict[str, Any]) -> int:
     """Submit the batch script ``<sbatch lines>`` + ``srun composer -n 2 ... fit <fit>``, run in ``directory``."""
     directory.mkdir()
@@ -89,7 +77,8 @@ def _submit(cluster: SlurmCluster, directory: Path, sbatch: list[str], fit: dict
         '127.0.0.1',
         '--master_port',
         str(_slurm._free_port()),
-        *_cleanup_timeout(),
+        '--cleanup_timeout',
+        str(GRACE - 10),
         '--stdout',
         str(directory / 'rank{rank}.stdout'),  # local rank 0 writes to the job's output
         '--stderr',
