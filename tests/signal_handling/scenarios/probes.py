@@ -77,14 +77,19 @@ class Probe(Callback):
         mark('post_close')
 
 
-def fit_and_record(trainer, tag: str) -> None:
-    """Fit; mark how ``fit()`` ended (``returned``, or SystemExit's code) and save rank 0's final weights."""
-    import torch
+def fit_and_mark_exit(trainer) -> None:
+    """Fit; mark how ``fit()`` ended: ``returned``, or SystemExit's code (then re-raised)."""
     try:
         trainer.fit()
     except SystemExit as e:
         mark('exit', e.code)
         raise
     mark('exit', 'returned')
+
+
+def fit_and_record(trainer, tag: str) -> None:
+    """Fit (:func:`fit_and_mark_exit`) and save rank 0's final weights."""
+    import torch
+    fit_and_mark_exit(trainer)
     if RANK == '0':
         torch.save(trainer.state.model.state_dict(), f'weights_{tag}.pt')

@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any, Optional
 
-from probes import Probe
+from probes import Probe, fit_and_mark_exit
 from scenario_support import RANK, main, make_trainer, mark
 
 from composer import Callback
@@ -84,12 +84,7 @@ def fit_sharded(
 
     callbacks = [Probe(**(probe or {})), MarkFitStart()] + ([HoldUntilGo(hold_at)] if hold_at is not None else [])
     trainer = make_trainer('deterministic', callbacks=callbacks, **SHARDED, **(trainer_kwargs or {}))
-    try:
-        trainer.fit()
-    except SystemExit as e:
-        mark('exit', e.code)
-        raise
-    mark('exit', 'returned')
+    fit_and_mark_exit(trainer)
     torch.save(local_shards(trainer), f'shards_{tag}.rank{RANK}.pt')
     trainer.close()
 
